@@ -1,0 +1,387 @@
+package cache
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/internal/clock"
+	"github.com/sdsagent/sdsagent/internal/metrics"
+	"github.com/sdsagent/sdsagent/internal/pki"
+)
+
+// Signer sends a CSR to a CA and returns the chain it signed, leaf first
+// and root last. It makes one attempt; the Manager owns retries. It must be
+// safe for concurrent use and honour ctx.
+type Signer interface {
+	Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]string, error)
+}
+
+// Defaults, as Istio's agent has them.
+const (
+	DefaultTTL         = 24 * time.Hour
+	DefaultGraceRatio  = 0.5
+	DefaultGraceJitter = 0.01
+	// DefaultRetryInitial is short so that a CA that comes up late is seen
+	// quickly at startup.
+	DefaultRetryInitial = 500 * time.Millisecond
+	// DefaultRetryMax bounds the wait between CSR attempts while the CA
+	// is failing: long enough not to hammer it, short enough to recover fast.
+	DefaultRetryMax = 30 * time.Second
+	// DefaultWakeInterval bounds how long the renewal loop sleeps before it
+	// looks at the wall clock again; timers stop while a host is suspended.
+	DefaultWakeInterval = time.Minute
+)
+
+// Config configures a Manager.
+type Config struct {
+	// ID is the workload identity put in every CSR.
+	ID pki.ID
+	// KeyType is the algorithm of the key generated for every CSR.
+	KeyType pki.KeyType
+	// TTL is the certificate lifetime requested from the CA.
+	TTL time.Duration
+	// GraceRatio and GraceJitter place renewal, see RenewTime.
+	GraceRatio, GraceJitter float64
+	// Signer is the CA.
+	Signer Signer
+	// RetryInitial and RetryMax shape the exponential backoff between
+	// failed attempts.
+	RetryInitial, RetryMax time.Duration
+	// WakeInterval is the longest the loop sleeps without checking the
+	// wall clock.
+	WakeInterval time.Duration
+	// Rand returns a uniform draw in [0,1) for the renewal jitter.
+	Rand func() float64
+	// Clock, Logger and Metrics default to the real clock, a no-op logger
+	// and unregistered metrics.
+	Clock   clock.Clock
+	Logger  *zap.Logger
+	Metrics *metrics.Metrics
+}
+
+// Status describes the workload certificate's life for operators.
+type Status struct {
+	// Issued counts certificates obtained since start.
+	Issued int
+	// LastIssued is when the current certificate was obtained.
+	LastIssued time.Time
+	// NextRenewal is when the next CSR is due: the renewal time of the
+	// current certificate, or the next retry after a failure.
+	NextRenewal time.Time
+	// LastAttempt is when a CSR was last sent.
+	LastAttempt time.Time
+	// LastError is why the last attempt failed; empty after a success.
+	LastError string
+	// Failures counts attempts failed since the last success.
+	Failures int
+}
+
+// Manager obtains the workload certificate, renews it before it expires,
+// and publishes it as "default" with its roots as "ROOTCA".
+type Manager struct {
+	cfg   Config
+	log   *zap.Logger
+	store *Store
+
+	mu     sync.Mutex
+	status Status
+}
+
+// New returns a Manager. It starts nothing; call Run.
+func New(cfg Config) (*Manager, error) {
+	if cfg.ID.IsZero() {
+		return nil, errors.New("cache: workload SPIFFE ID is required")
+	}
+	if cfg.Signer == nil {
+		return nil, errors.New("cache: signer is required")
+	}
+	if cfg.KeyType == "" {
+		cfg.KeyType = pki.ECDSAP256
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 {
+		return nil, fmt.Errorf("cache: TTL %s must be positive", cfg.TTL)
+	}
+	if cfg.GraceRatio == 0 {
+		cfg.GraceRatio = DefaultGraceRatio
+	}
+	if cfg.GraceRatio < 0 || cfg.GraceRatio >= 1 {
+		return nil, fmt.Errorf("cache: grace ratio %v must be in (0,1)", cfg.GraceRatio)
+	}
+	if cfg.GraceJitter < 0 || cfg.GraceRatio+cfg.GraceJitter >= 1 {
+		return nil, fmt.Errorf("cache: grace jitter %v must be >= 0 and ratio+jitter below 1", cfg.GraceJitter)
+	}
+	if cfg.RetryInitial <= 0 {
+		cfg.RetryInitial = DefaultRetryInitial
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = DefaultRetryMax
+	}
+	if cfg.WakeInterval <= 0 {
+		cfg.WakeInterval = DefaultWakeInterval
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(nil)
+	}
+	return &Manager{
+		cfg:   cfg,
+		log:   cfg.Logger.Named("cache"),
+		store: NewStore(cfg.Clock),
+	}, nil
+}
+
+// Snapshot returns the secrets published now.
+func (m *Manager) Snapshot() *Snapshot { return m.store.Snapshot() }
+
+// Subscribe notifies of changes, see Store.Subscribe.
+func (m *Manager) Subscribe() (<-chan struct{}, func()) { return m.store.Subscribe() }
+
+// CheckName reports whether name is a resource the agent serves.
+func (m *Manager) CheckName(name string) error {
+	switch name {
+	case WorkloadCertName, RootCertName:
+		return nil
+	}
+	return fmt.Errorf("unknown resource name %q: this agent serves %q (workload certificate) and %q (trust roots)", name, WorkloadCertName, RootCertName)
+}
+
+// Status returns the workload certificate's status.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status
+}
+
+// Ready returns nil once "default" and "ROOTCA" are served, otherwise
+// why not.
+func (m *Manager) Ready() error {
+	snap := m.store.Snapshot()
+	_, haveCert := snap.Get(WorkloadCertName)
+	_, haveRoots := snap.Get(RootCertName)
+	if haveCert && haveRoots {
+		return nil
+	}
+	st := m.Status()
+	switch {
+	case st.LastError != "":
+		return fmt.Errorf("no workload certificate yet: %d CSR attempts failed, last: %s", st.Failures, st.LastError)
+	case st.LastAttempt.IsZero():
+		return errors.New("no workload certificate yet: no CSR sent yet")
+	default:
+		return errors.New("no workload certificate yet: waiting for the CA to answer")
+	}
+}
+
+// Run obtains the first certificate and keeps renewing it until ctx ends.
+// It never gives up on a failing CA: it retries with exponential backoff
+// and keeps serving the last good certificate. It returns nil when ctx is
+// cancelled.
+func (m *Manager) Run(ctx context.Context) error {
+	bo := &backoff.ExponentialBackOff{
+		InitialInterval:     m.cfg.RetryInitial,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         m.cfg.RetryMax,
+		MaxElapsedTime:      0, // never stop
+		Stop:                backoff.Stop,
+		Clock:               m.cfg.Clock,
+	}
+	bo.Reset()
+
+	var renewAt time.Time // zero: issue now
+	for {
+		now := m.cfg.Clock.Now()
+		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
+			b, err := m.issue(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				wait := bo.NextBackOff()
+				m.logFailure(err, wait)
+				renewAt = m.cfg.Clock.Now().Add(wait)
+			} else {
+				bo.Reset()
+				renewAt = RenewTime(b.Leaf.NotBefore, b.Leaf.NotAfter, m.cfg.GraceRatio, m.cfg.GraceJitter, m.cfg.Rand())
+			}
+			m.mu.Lock()
+			m.status.NextRenewal = renewAt
+			m.mu.Unlock()
+			continue
+		}
+		wait := renewAt.Round(0).Sub(now.Round(0))
+		if wait > m.cfg.WakeInterval {
+			wait = m.cfg.WakeInterval
+		}
+		t := m.cfg.Clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C():
+		}
+	}
+}
+
+// issue makes one attempt: new key, CSR, CA call, verification, publish.
+func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
+	start := m.cfg.Clock.Now()
+	m.mu.Lock()
+	m.status.LastAttempt = start
+	m.mu.Unlock()
+
+	b, key, result, err := m.sign(ctx)
+	took := m.cfg.Clock.Now().Sub(start)
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	m.cfg.Metrics.ObserveCSR(result, took)
+	if err != nil {
+		m.mu.Lock()
+		m.status.LastError = err.Error()
+		m.status.Failures++
+		m.mu.Unlock()
+		return nil, err
+	}
+
+	_, hadCert := m.store.Snapshot().Get(WorkloadCertName)
+	// Status and counters first, so a subscriber woken by publish sees them.
+	m.mu.Lock()
+	m.status.Issued++
+	m.status.LastIssued = m.cfg.Clock.Now()
+	m.status.LastError = ""
+	m.status.Failures = 0
+	m.mu.Unlock()
+	if hadCert {
+		m.cfg.Metrics.Rotations.Inc()
+	}
+	m.publish(
+		&Secret{
+			Name:          WorkloadCertName,
+			Kind:          TLSCertificate,
+			CertChainPEM:  b.ChainPEM,
+			PrivateKeyPEM: key,
+			Certs:         append([]*x509.Certificate{b.Leaf}, b.Intermediates...),
+			Source:        "ca",
+		},
+		&Secret{
+			Name:         RootCertName,
+			Kind:         ValidationContext,
+			TrustedCAPEM: b.RootsPEM,
+			Certs:        b.Roots,
+			Source:       "ca",
+		},
+	)
+
+	msg := "workload certificate issued"
+	if hadCert {
+		msg = "workload certificate rotated"
+	}
+	m.log.Info(msg,
+		zap.String("spiffe_id", m.cfg.ID.String()),
+		zap.String("serial", fmt.Sprintf("%x", b.Leaf.SerialNumber)),
+		zap.Time("not_before", b.Leaf.NotBefore),
+		zap.Time("not_after", b.Leaf.NotAfter),
+		zap.Int("intermediates", len(b.Intermediates)),
+		zap.Duration("csr_duration", took),
+	)
+	return b, nil
+}
+
+// sign produces a key and a verified bundle, or the metrics result and
+// error of the step that failed.
+func (m *Manager) sign(ctx context.Context) (*pki.Bundle, pki.PrivateKeyPEM, string, error) {
+	key, err := pki.GenerateKey(m.cfg.KeyType)
+	if err != nil {
+		return nil, nil, metrics.ResultLocalError, err
+	}
+	csr, err := pki.NewCSR(key, m.cfg.ID)
+	if err != nil {
+		return nil, nil, metrics.ResultLocalError, err
+	}
+	keyPEM, err := pki.EncodePrivateKey(key)
+	if err != nil {
+		return nil, nil, metrics.ResultLocalError, err
+	}
+	pems, err := m.cfg.Signer.Sign(ctx, csr, m.cfg.TTL)
+	if err != nil {
+		return nil, nil, metrics.ResultCAError, fmt.Errorf("sign csr: %w", err)
+	}
+	chain, err := pki.ParseChain(pems)
+	if err != nil {
+		return nil, nil, metrics.ResultVerifyFailed, fmt.Errorf("CA answer refused: %w", &pki.VerifyError{Check: pki.CheckParse, Err: err})
+	}
+	b, err := pki.Verify(pki.VerifyInput{Chain: chain, Key: key.Public(), ID: m.cfg.ID, Now: m.cfg.Clock.Now()})
+	if err != nil {
+		return nil, nil, metrics.ResultVerifyFailed, fmt.Errorf("CA answer refused: %w", err)
+	}
+	return b, keyPEM, metrics.ResultSuccess, nil
+}
+
+// publish makes secrets visible to subscribers and updates their expiry
+// metric.
+func (m *Manager) publish(secrets ...*Secret) {
+	for _, name := range m.store.Update(secrets, nil) {
+		if sec, ok := m.store.Snapshot().Get(name); ok {
+			m.cfg.Metrics.CertExpiryTimestamp.WithLabelValues(name).Set(float64(sec.NotAfter().Unix()))
+		}
+	}
+}
+
+func (m *Manager) logFailure(err error, retryIn time.Duration) {
+	fields := []zap.Field{
+		zap.String("spiffe_id", m.cfg.ID.String()),
+		zap.Error(err),
+		zap.Duration("retry_in", retryIn),
+	}
+	if h := hint(err); h != "" {
+		fields = append(fields, zap.String("hint", h))
+	}
+	cur, ok := m.store.Snapshot().Get(WorkloadCertName)
+	switch {
+	case !ok:
+		m.log.Error("certificate request failed; no workload certificate to serve yet", fields...)
+	case m.cfg.Clock.Now().After(cur.NotAfter()):
+		m.log.Error("workload certificate expired and renewal failed; still serving the expired certificate", append(fields, zap.Time("serving_not_after", cur.NotAfter()))...)
+	default:
+		m.log.Warn("certificate renewal failed; serving the previous certificate", append(fields, zap.Time("serving_not_after", cur.NotAfter()))...)
+	}
+}
+
+// hint tells the operator what to look at for err.
+func hint(err error) string {
+	var ve *pki.VerifyError
+	if errors.As(err, &ve) {
+		switch ve.Check {
+		case pki.CheckIdentity:
+			return "the CA signed a different identity: check --trust-domain, --namespace and --service-account against the CA's configuration"
+		case pki.CheckNotYetValid, pki.CheckExpired:
+			return "check that this host's clock and the CA's are in sync (NTP)"
+		case pki.CheckChain:
+			return "the chain does not verify to its root: check the CA's signing certificate and its chain"
+		default:
+			return "the CA answered with something that is not a valid certificate chain for our key: check the CA"
+		}
+	}
+	// The CA client's errors already say what to check.
+	return ""
+}

@@ -1,0 +1,147 @@
+// Package clocktest provides a manually driven clock for tests.
+package clocktest
+
+import (
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sdsagent/sdsagent/internal/clock"
+)
+
+// Fake is a clock.Clock whose time only moves when Advance or Set is
+// called. Timers whose deadline is reached fire during that call.
+type Fake struct {
+	mu      sync.Mutex
+	now     time.Time
+	timers  []*fakeTimer
+	changed chan struct{} // closed and replaced whenever timers change
+}
+
+var _ clock.Clock = (*Fake)(nil)
+
+// New returns a Fake clock set to now.
+func New(now time.Time) *Fake {
+	return &Fake{now: now, changed: make(chan struct{})}
+}
+
+// Now returns the fake time.
+func (f *Fake) Now() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+// NewTimer returns a timer that fires when the fake time reaches now+d.
+func (f *Fake) NewTimer(d time.Duration) clock.Timer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := &fakeTimer{f: f, at: f.now.Add(d), c: make(chan time.Time, 1)}
+	if d <= 0 {
+		t.c <- f.now
+		return t
+	}
+	f.timers = append(f.timers, t)
+	f.notifyLocked()
+	return t
+}
+
+// Advance moves the time forward by d and fires due timers.
+func (f *Fake) Advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setLocked(f.now.Add(d))
+}
+
+// Set moves the time to t (forward or backward) and fires due timers.
+func (f *Fake) Set(t time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setLocked(t)
+}
+
+func (f *Fake) setLocked(t time.Time) {
+	f.now = t
+	sort.Slice(f.timers, func(i, j int) bool { return f.timers[i].at.Before(f.timers[j].at) })
+	kept := f.timers[:0]
+	for _, tm := range f.timers {
+		if tm.at.After(t) {
+			kept = append(kept, tm)
+			continue
+		}
+		tm.c <- t
+	}
+	f.timers = kept
+	f.notifyLocked()
+}
+
+// Timers returns how many timers are waiting to fire.
+func (f *Fake) Timers() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.timers)
+}
+
+// NextDeadline returns the earliest pending timer deadline, and false if
+// there is none.
+func (f *Fake) NextDeadline() (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.timers) == 0 {
+		return time.Time{}, false
+	}
+	next := f.timers[0].at
+	for _, t := range f.timers[1:] {
+		if t.at.Before(next) {
+			next = t.at
+		}
+	}
+	return next, true
+}
+
+// WaitForTimers blocks until at least n timers are pending or the
+// deadline passes; it reports whether n timers were reached. Tests use it
+// to know that a goroutine is parked on the clock before moving time.
+func (f *Fake) WaitForTimers(n int, deadline time.Duration) bool {
+	stop := time.After(deadline)
+	for {
+		f.mu.Lock()
+		ok := len(f.timers) >= n
+		changed := f.changed
+		f.mu.Unlock()
+		if ok {
+			return true
+		}
+		select {
+		case <-changed:
+		case <-stop:
+			return false
+		}
+	}
+}
+
+func (f *Fake) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+type fakeTimer struct {
+	f  *Fake
+	at time.Time
+	c  chan time.Time
+}
+
+func (t *fakeTimer) C() <-chan time.Time { return t.c }
+
+func (t *fakeTimer) Stop() bool {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	for i, tm := range t.f.timers {
+		if tm == t {
+			t.f.timers = append(t.f.timers[:i], t.f.timers[i+1:]...)
+			t.f.notifyLocked()
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,119 @@
+// Package metrics defines the agent's Prometheus metrics. Every component
+// receives the same *Metrics from its constructor; nothing is global.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "sdsagent"
+
+// CSR results used as the "result" label of CSRRequests and CSRDuration.
+const (
+	ResultSuccess      = "success"       // signed and verified
+	ResultCAError      = "ca_error"      // the CA call failed (down, timeout, refused)
+	ResultVerifyFailed = "verify_failed" // the CA answered with a chain we refused to serve
+	ResultLocalError   = "local_error"   // key, CSR or token could not be produced
+)
+
+// Metrics holds every collector the agent exports.
+type Metrics struct {
+	// CertExpiryTimestamp is the NotAfter of the leaf (or earliest root) of
+	// each served resource, as Unix seconds.
+	CertExpiryTimestamp *prometheus.GaugeVec
+	// CSRRequests counts CSRs sent, by result.
+	CSRRequests *prometheus.CounterVec
+	// CSRDuration observes the latency of each CSR round trip, by result.
+	CSRDuration *prometheus.HistogramVec
+	// Rotations counts workload certificates replaced by a newer one.
+	Rotations prometheus.Counter
+	// SDSStreams is the number of open SDS streams, by API (sotw, delta).
+	SDSStreams *prometheus.GaugeVec
+	// SDSPushes counts responses sent on SDS streams, by API (sotw, delta, fetch).
+	SDSPushes *prometheus.CounterVec
+	// SDSNacks counts NACKs received from clients.
+	SDSNacks prometheus.Counter
+	// SDSUnknownNames counts requests for names the agent cannot serve.
+	SDSUnknownNames prometheus.Counter
+	// FileErrors counts failures to read or parse file-backed secrets.
+	FileErrors *prometheus.CounterVec
+}
+
+// New creates the collectors and registers them, together with the Go and
+// process collectors, on reg. A nil reg leaves them unregistered, which
+// tests use when they do not look at metrics.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		CertExpiryTimestamp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "cert_expiry_timestamp_seconds",
+			Help: "NotAfter of the certificate served under each resource name, in Unix seconds.",
+		}, []string{"resource"}),
+		CSRRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "csr_requests_total",
+			Help: "CSRs sent to the CA, by result (success, ca_error, verify_failed, local_error).",
+		}, []string{"result"}),
+		CSRDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "csr_duration_seconds",
+			Help:    "Time from key generation to a verified chain (or failure), by result.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"result"}),
+		Rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "rotations_total",
+			Help: "Workload certificates replaced by a newly issued one.",
+		}),
+		SDSStreams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "sds_streams",
+			Help: "Open SDS streams, by API (sotw, delta).",
+		}, []string{"api"}),
+		SDSPushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "sds_pushes_total",
+			Help: "SDS responses sent, by API (sotw, delta, fetch).",
+		}, []string{"api"}),
+		SDSNacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "sds_nacks_total",
+			Help: "SDS responses rejected by a client (NACK).",
+		}),
+		SDSUnknownNames: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "sds_unknown_names_total",
+			Help: "Resource names requested over SDS that the agent cannot serve, counted once per stream and name.",
+		}),
+		FileErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "file_errors_total",
+			Help: "Failures to read or validate file-backed secrets, by reason.",
+		}, []string{"reason"}),
+	}
+	if reg != nil {
+		reg.MustRegister(
+			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
+			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
+			collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		)
+	}
+	return m
+}
+
+// ObserveCSR records one CSR attempt that took d and ended with result.
+func (m *Metrics) ObserveCSR(result string, d time.Duration) {
+	m.CSRRequests.WithLabelValues(result).Inc()
+	m.CSRDuration.WithLabelValues(result).Observe(d.Seconds())
+}
+
+// ResourceClass maps a resource name to a bounded label value, so that
+// file paths in names never become label values.
+func ResourceClass(name string) string {
+	switch {
+	case name == "default" || name == "ROOTCA":
+		return name
+	case len(name) >= 10 && name[:10] == "file-cert:":
+		return "file-cert"
+	case len(name) >= 10 && name[:10] == "file-root:":
+		return "file-root"
+	default:
+		return "other"
+	}
+}

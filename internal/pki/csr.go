@@ -1,0 +1,101 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// ID is a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/web.
+type ID struct {
+	u *url.URL
+}
+
+// trustDomainRE follows the SPIFFE spec: lowercase letters, digits, '.', '-', '_'.
+var trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]+$`)
+
+// pathSegmentRE follows the SPIFFE spec for path segments.
+var pathSegmentRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
+
+// WorkloadID returns the Istio workload identity
+// spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
+func WorkloadID(trustDomain, namespace, serviceAccount string) (ID, error) {
+	if !trustDomainRE.MatchString(trustDomain) {
+		return ID{}, fmt.Errorf("invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", trustDomain)
+	}
+	for what, seg := range map[string]string{"namespace": namespace, "service account": serviceAccount} {
+		if seg == "" || seg == "." || seg == ".." || !pathSegmentRE.MatchString(seg) {
+			return ID{}, fmt.Errorf("invalid %s %q: use letters, digits, '.', '-' and '_'", what, seg)
+		}
+	}
+	return ID{u: &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/ns/" + namespace + "/sa/" + serviceAccount}}, nil
+}
+
+// ParseID parses a spiffe:// URI.
+func ParseID(s string) (ID, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: %w", s, err)
+	}
+	if u.Scheme != "spiffe" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Port() != "" {
+		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: want spiffe://<trust-domain>/<path>", s)
+	}
+	if !trustDomainRE.MatchString(u.Host) {
+		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: bad trust domain", s)
+	}
+	if u.Path != "" {
+		for _, seg := range strings.Split(strings.TrimPrefix(u.Path, "/"), "/") {
+			if seg == "" || seg == "." || seg == ".." || !pathSegmentRE.MatchString(seg) {
+				return ID{}, fmt.Errorf("invalid SPIFFE ID %q: bad path segment %q", s, seg)
+			}
+		}
+	}
+	return ID{u: u}, nil
+}
+
+// String returns the URI form.
+func (id ID) String() string {
+	if id.u == nil {
+		return ""
+	}
+	return id.u.String()
+}
+
+// TrustDomain returns the host part of the ID.
+func (id ID) TrustDomain() string {
+	if id.u == nil {
+		return ""
+	}
+	return id.u.Host
+}
+
+// IsZero reports whether id is unset.
+func (id ID) IsZero() bool { return id.u == nil }
+
+// URL returns a copy of the ID as a URL.
+func (id ID) URL() *url.URL {
+	if id.u == nil {
+		return nil
+	}
+	c := *id.u
+	return &c
+}
+
+// NewCSR returns a PEM CSR signed by key whose only identity is id as a
+// URI SAN, as Istio's CAs expect.
+func NewCSR(key crypto.Signer, id ID) ([]byte, error) {
+	if id.IsZero() {
+		return nil, fmt.Errorf("create csr: empty SPIFFE ID")
+	}
+	tmpl := &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		return nil, fmt.Errorf("create csr: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
