@@ -1,0 +1,377 @@
+// Package config turns command-line flags and environment variables into
+// the agent's settings. Every setting is a flag; where Istio's agent has
+// the setting, Istio's environment variable name is honoured too, and a
+// flag given on the command line wins over the environment.
+package config
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
+)
+
+// Setting describes one flag and its environment variable.
+type Setting struct {
+	Flag    string
+	Env     string
+	Default string
+	Usage   string
+}
+
+// Agent is the configuration of `sdsagent run`.
+type Agent struct {
+	CAAddr         string
+	CARootCert     string
+	CAPlaintext    bool
+	CAServerName   string
+	CATimeout      time.Duration
+	TokenFile      string
+	ClusterID      string
+	TrustDomain    string
+	Namespace      string
+	ServiceAccount string
+	Socket         string
+	SocketMode     os.FileMode
+	HTTPAddr       string
+	KeyType        pki.KeyType
+	SecretTTL      time.Duration
+	GraceRatio     float64
+	GraceJitter    float64
+	Log            Log
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string
+	Format string
+}
+
+// AgentSettings lists the settings of `sdsagent run` with their defaults,
+// in the order the README's table shows them.
+func AgentSettings() []Setting {
+	return []Setting{
+		{"ca-addr", "CA_ADDR", "istiod.istio-system.svc:15012", "address of the Istio CA (istiod, istio-csr or `sdsagent ca`)"},
+		{"ca-root-cert", "SDSAGENT_CA_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "PEM roots that verify the CA's TLS certificate (re-read on each connection)"},
+		{"ca-plaintext", "SDSAGENT_CA_PLAINTEXT", "false", "talk to the CA without TLS (never in production)"},
+		{"ca-server-name", "SDSAGENT_CA_SERVER_NAME", "", "name expected in the CA's certificate (default: host of --ca-addr)"},
+		{"ca-timeout", "SDSAGENT_CA_TIMEOUT", "10s", "deadline of each CSR call"},
+		{"token-file", "SDSAGENT_TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "bearer token sent to the CA, re-read on every call"},
+		{"cluster-id", "ISTIO_META_CLUSTER_ID", "Kubernetes", "sent to the CA as the ClusterID header"},
+		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain of the workload"},
+		{"namespace", "POD_NAMESPACE", "default", "Kubernetes namespace of the workload"},
+		{"service-account", "SERVICE_ACCOUNT", "default", "Kubernetes service account of the workload"},
+		{"socket", "SDSAGENT_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "Unix socket Envoy reads SDS from"},
+		{"socket-mode", "SDSAGENT_SOCKET_MODE", "0660", "permissions of the socket: whoever can connect gets the private key"},
+		{"http-addr", "SDSAGENT_HTTP_ADDR", "127.0.0.1:15020", "health, readiness, metrics and debug HTTP endpoint (empty disables)"},
+		{"key-type", "SDSAGENT_KEY_TYPE", "ecdsa-p256", "workload key: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (Istio's ECC_SIGNATURE_ALGORITHM, ECC_CURVE and WORKLOAD_RSA_KEY_SIZE are honoured when this is not set)"},
+		{"secret-ttl", "SECRET_TTL", "24h", "certificate lifetime requested from the CA"},
+		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", "0.5", "renew when this fraction of the lifetime remains (Istio's meaning)"},
+		{"grace-jitter", "SECRET_GRACE_PERIOD_RATIO_JITTER", "0.01", "up to this fraction of the lifetime is added at random to the grace period"},
+		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
+		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
+	}
+}
+
+// ParseAgent parses the arguments of `sdsagent run`. getenv is usually
+// os.Getenv.
+func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Agent, error) {
+	fs := flag.NewFlagSet("sdsagent run", flag.ContinueOnError)
+	fs.SetOutput(output)
+	settings := AgentSettings()
+	fs.Usage = func() { PrintUsage(output, "sdsagent run [flags]", settings) }
+	vals := register(fs, settings)
+	if err := fs.Parse(args); err != nil {
+		return Agent{}, err
+	}
+	if fs.NArg() > 0 {
+		return Agent{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	r := resolver{fs: fs, vals: vals, getenv: getenv, settings: settings}
+	a := Agent{
+		CAAddr:         r.str("ca-addr"),
+		CARootCert:     r.str("ca-root-cert"),
+		CAPlaintext:    r.boolean("ca-plaintext"),
+		CAServerName:   r.str("ca-server-name"),
+		CATimeout:      r.duration("ca-timeout"),
+		TokenFile:      r.str("token-file"),
+		ClusterID:      r.str("cluster-id"),
+		TrustDomain:    r.str("trust-domain"),
+		Namespace:      r.str("namespace"),
+		ServiceAccount: r.str("service-account"),
+		Socket:         r.str("socket"),
+		SocketMode:     r.mode("socket-mode"),
+		HTTPAddr:       r.str("http-addr"),
+		SecretTTL:      r.duration("secret-ttl"),
+		GraceRatio:     r.float("grace-ratio"),
+		GraceJitter:    r.float("grace-jitter"),
+		Log:            Log{Level: r.str("log-level"), Format: r.str("log-format")},
+	}
+	a.KeyType = r.keyType()
+	if err := r.err(); err != nil {
+		return Agent{}, err
+	}
+	if a.CAAddr == "" {
+		return Agent{}, fmt.Errorf("--ca-addr (CA_ADDR) is required")
+	}
+	if !a.CAPlaintext && a.CARootCert == "" {
+		return Agent{}, fmt.Errorf("--ca-root-cert is required unless --ca-plaintext is set")
+	}
+	if a.SecretTTL <= 0 {
+		return Agent{}, fmt.Errorf("--secret-ttl (SECRET_TTL) must be positive, got %s", a.SecretTTL)
+	}
+	if a.GraceRatio <= 0 || a.GraceRatio >= 1 {
+		return Agent{}, fmt.Errorf("--grace-ratio (SECRET_GRACE_PERIOD_RATIO) must be between 0 and 1, got %v", a.GraceRatio)
+	}
+	if a.GraceJitter < 0 || a.GraceRatio+a.GraceJitter >= 1 {
+		return Agent{}, fmt.Errorf("--grace-jitter (SECRET_GRACE_PERIOD_RATIO_JITTER) must be >= 0 and grace ratio + jitter below 1, got %v", a.GraceJitter)
+	}
+	if err := a.Log.validate(); err != nil {
+		return Agent{}, err
+	}
+	return a, nil
+}
+
+// CA is the configuration of `sdsagent ca`.
+type CA struct {
+	Listen      string
+	Dir         string
+	TrustDomain string
+	MaxTTL      time.Duration
+	ServerNames []string
+	Log         Log
+}
+
+// CASettings lists the settings of `sdsagent ca`.
+func CASettings() []Setting {
+	return []Setting{
+		{"listen", "SDSAGENT_CA_LISTEN", "127.0.0.1:15012", "address the CA serves gRPC over TLS on"},
+		{"dir", "SDSAGENT_CA_DIR", "", "state directory: root-cert.pem, ca-key.pem and token are created here on first start (required)"},
+		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "the only trust domain the CA signs"},
+		{"max-ttl", "SDSAGENT_CA_MAX_TTL", "24h", "longest certificate lifetime the CA grants; longer requests are refused"},
+		{"server-names", "SDSAGENT_CA_SERVER_NAMES", "", "extra comma-separated DNS names or IPs for the CA's serving certificate"},
+		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
+		{"log-format", "SDSAGENT_LOG_FORMAT", "console", "json or console"},
+	}
+}
+
+// ParseCA parses the arguments of `sdsagent ca`.
+func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, error) {
+	fs := flag.NewFlagSet("sdsagent ca", flag.ContinueOnError)
+	fs.SetOutput(output)
+	settings := CASettings()
+	fs.Usage = func() { PrintUsage(output, "sdsagent ca --dir DIR [flags]", settings) }
+	vals := register(fs, settings)
+	if err := fs.Parse(args); err != nil {
+		return CA{}, err
+	}
+	if fs.NArg() > 0 {
+		return CA{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	r := resolver{fs: fs, vals: vals, getenv: getenv, settings: settings}
+	c := CA{
+		Listen:      r.str("listen"),
+		Dir:         r.str("dir"),
+		TrustDomain: r.str("trust-domain"),
+		MaxTTL:      r.duration("max-ttl"),
+		Log:         Log{Level: r.str("log-level"), Format: r.str("log-format")},
+	}
+	for _, n := range strings.Split(r.str("server-names"), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			c.ServerNames = append(c.ServerNames, n)
+		}
+	}
+	if err := r.err(); err != nil {
+		return CA{}, err
+	}
+	if c.Dir == "" {
+		return CA{}, fmt.Errorf("--dir is required: the CA keeps its root key and token there")
+	}
+	if c.MaxTTL <= 0 {
+		return CA{}, fmt.Errorf("--max-ttl must be positive, got %s", c.MaxTTL)
+	}
+	if err := c.Log.validate(); err != nil {
+		return CA{}, err
+	}
+	return c, nil
+}
+
+func (l Log) validate() error {
+	switch l.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("--log-level must be debug, info, warn or error, got %q", l.Level)
+	}
+	switch l.Format {
+	case "json", "console":
+	default:
+		return fmt.Errorf("--log-format must be json or console, got %q", l.Format)
+	}
+	return nil
+}
+
+// PrintUsage writes a usage line and a table of settings.
+func PrintUsage(w io.Writer, usage string, settings []Setting) {
+	fmt.Fprintf(w, "Usage: %s\n\n", usage)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FLAG\tENV\tDEFAULT\tMEANING")
+	for _, s := range settings {
+		def := s.Default
+		if def == "" {
+			def = `""`
+		}
+		fmt.Fprintf(tw, "--%s\t%s\t%s\t%s\n", s.Flag, s.Env, def, s.Usage)
+	}
+	tw.Flush()
+}
+
+// register defines a string flag per setting; typed parsing happens in
+// resolver so that flags and env share one parser.
+func register(fs *flag.FlagSet, settings []Setting) map[string]*string {
+	vals := make(map[string]*string, len(settings))
+	for _, s := range settings {
+		vals[s.Flag] = fs.String(s.Flag, s.Default, s.Usage)
+	}
+	return vals
+}
+
+// resolver picks flag, then env, then default for each setting and
+// collects the first parse error.
+type resolver struct {
+	fs       *flag.FlagSet
+	vals     map[string]*string
+	getenv   func(string) string
+	settings []Setting
+	first    error
+}
+
+func (r *resolver) setting(name string) Setting {
+	for _, s := range r.settings {
+		if s.Flag == name {
+			return s
+		}
+	}
+	panic("config: unknown setting " + name) // a programming error, caught by tests
+}
+
+// source returns the raw value and where it came from.
+func (r *resolver) source(name string) (string, string) {
+	s := r.setting(name)
+	set := false
+	r.fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	if set {
+		return *r.vals[name], "--" + name
+	}
+	if v, ok := r.lookupEnv(s.Env); ok {
+		return v, s.Env
+	}
+	return s.Default, "default of --" + name
+}
+
+func (r *resolver) lookupEnv(name string) (string, bool) {
+	if name == "" {
+		return "", false
+	}
+	v := r.getenv(name)
+	return v, v != ""
+}
+
+func (r *resolver) str(name string) string {
+	v, _ := r.source(name)
+	return strings.TrimSpace(v)
+}
+
+func (r *resolver) fail(err error) {
+	if r.first == nil {
+		r.first = err
+	}
+}
+
+func (r *resolver) err() error { return r.first }
+
+func (r *resolver) boolean(name string) bool {
+	v, from := r.source(name)
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		r.fail(fmt.Errorf("%s: %q is not a boolean", from, v))
+	}
+	return b
+}
+
+func (r *resolver) duration(name string) time.Duration {
+	v, from := r.source(name)
+	d, err := parseDuration(strings.TrimSpace(v))
+	if err != nil {
+		r.fail(fmt.Errorf("%s: %q is not a duration (e.g. 24h, 90m)", from, v))
+	}
+	return d
+}
+
+// parseDuration accepts Go durations and, as Istio does for SECRET_TTL,
+// plain seconds.
+func parseDuration(v string) (time.Duration, error) {
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		return time.Duration(secs) * time.Second, nil
+	}
+	return time.ParseDuration(v)
+}
+
+func (r *resolver) float(name string) float64 {
+	v, from := r.source(name)
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil {
+		r.fail(fmt.Errorf("%s: %q is not a number", from, v))
+	}
+	return f
+}
+
+func (r *resolver) mode(name string) os.FileMode {
+	v, from := r.source(name)
+	m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+	if err != nil || m > 0o777 {
+		r.fail(fmt.Errorf("%s: %q is not an octal file mode such as 0660", from, v))
+	}
+	return os.FileMode(m)
+}
+
+// keyType resolves --key-type, then SDSAGENT_KEY_TYPE, then Istio's
+// ECC_SIGNATURE_ALGORITHM / ECC_CURVE / WORKLOAD_RSA_KEY_SIZE, then the
+// default.
+func (r *resolver) keyType() pki.KeyType {
+	v, from := r.source("key-type")
+	if strings.HasPrefix(from, "default") {
+		alg, _ := r.lookupEnv("ECC_SIGNATURE_ALGORITHM")
+		curve, _ := r.lookupEnv("ECC_CURVE")
+		bits, haveBits := r.lookupEnv("WORKLOAD_RSA_KEY_SIZE")
+		if alg != "" || haveBits {
+			n := 0
+			if haveBits {
+				var err error
+				if n, err = strconv.Atoi(strings.TrimSpace(bits)); err != nil {
+					r.fail(fmt.Errorf("WORKLOAD_RSA_KEY_SIZE: %q is not a number", bits))
+					return ""
+				}
+			}
+			kt, err := pki.KeyTypeFromIstio(alg, curve, n)
+			if err != nil {
+				r.fail(err)
+			}
+			return kt
+		}
+	}
+	kt, err := pki.ParseKeyType(v)
+	if err != nil {
+		r.fail(fmt.Errorf("%s: %w", from, err))
+	}
+	return kt
+}

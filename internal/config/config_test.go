@@ -1,0 +1,114 @@
+package config
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
+)
+
+func env(kv ...string) func(string) string {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestParseAgentDefaults(t *testing.T) {
+	a, err := ParseAgent(nil, env(), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Socket != "/var/run/secrets/workload-spiffe-uds/socket" || a.HTTPAddr != "127.0.0.1:15020" ||
+		a.KeyType != pki.ECDSAP256 || a.SecretTTL != 24*time.Hour || a.GraceRatio != 0.5 || a.GraceJitter != 0.01 ||
+		a.TokenFile != "/var/run/secrets/tokens/istio-token" || a.SocketMode != 0o660 || a.TrustDomain != "cluster.local" {
+		t.Fatalf("defaults = %+v", a)
+	}
+}
+
+func TestParseAgentEnvAndFlags(t *testing.T) {
+	tests := []struct {
+		name  string
+		args  []string
+		env   func(string) string
+		check func(Agent) bool
+	}{
+		{"istio env vars", nil, env("CA_ADDR", "ca:1", "TRUST_DOMAIN", "example.org", "POD_NAMESPACE", "prod", "SERVICE_ACCOUNT", "api", "SECRET_TTL", "12h", "SECRET_GRACE_PERIOD_RATIO", "0.3", "SECRET_GRACE_PERIOD_RATIO_JITTER", "0.05", "ISTIO_META_CLUSTER_ID", "east"),
+			func(a Agent) bool {
+				return a.CAAddr == "ca:1" && a.TrustDomain == "example.org" && a.Namespace == "prod" && a.ServiceAccount == "api" &&
+					a.SecretTTL == 12*time.Hour && a.GraceRatio == 0.3 && a.GraceJitter == 0.05 && a.ClusterID == "east"
+			}},
+		{"flag wins over env", []string{"--ca-addr", "flag:2", "--secret-ttl", "1h"}, env("CA_ADDR", "env:1", "SECRET_TTL", "12h"),
+			func(a Agent) bool { return a.CAAddr == "flag:2" && a.SecretTTL == time.Hour }},
+		{"SECRET_TTL in seconds as Istio allows", nil, env("SECRET_TTL", "3600"), func(a Agent) bool { return a.SecretTTL == time.Hour }},
+		{"istio ECDSA P384", nil, env("ECC_SIGNATURE_ALGORITHM", "ECDSA", "ECC_CURVE", "P384"), func(a Agent) bool { return a.KeyType == pki.ECDSAP384 }},
+		{"istio RSA size", nil, env("WORKLOAD_RSA_KEY_SIZE", "4096"), func(a Agent) bool { return a.KeyType == pki.RSA4096 }},
+		{"--key-type wins over istio env", []string{"--key-type", "rsa-3072"}, env("ECC_SIGNATURE_ALGORITHM", "ECDSA"), func(a Agent) bool { return a.KeyType == pki.RSA3072 }},
+		{"socket mode", []string{"--socket-mode", "0600"}, env(), func(a Agent) bool { return a.SocketMode == 0o600 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := ParseAgent(tt.args, tt.env, &bytes.Buffer{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(a) {
+				t.Fatalf("got %+v", a)
+			}
+		})
+	}
+}
+
+func TestParseAgentErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     func(string) string
+		wantErr string
+	}{
+		{"bad ttl env", nil, env("SECRET_TTL", "soon"), "SECRET_TTL"},
+		{"bad ratio", []string{"--grace-ratio", "1.5"}, env(), "grace-ratio"},
+		{"ratio plus jitter", []string{"--grace-ratio", "0.9", "--grace-jitter", "0.2"}, env(), "grace-jitter"},
+		{"bad key type", []string{"--key-type", "dsa"}, env(), "--key-type"},
+		{"bad istio curve", nil, env("ECC_SIGNATURE_ALGORITHM", "ECDSA", "ECC_CURVE", "P521"), "ECC_CURVE"},
+		{"bad log format", []string{"--log-format", "xml"}, env(), "log-format"},
+		{"bad socket mode", []string{"--socket-mode", "rw"}, env(), "socket-mode"},
+		{"no root without plaintext", []string{"--ca-root-cert", ""}, env(), "--ca-root-cert"},
+		{"unknown flag", []string{"--nope"}, env(), "nope"},
+		{"stray argument", []string{"extra"}, env(), "unexpected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseAgent(tt.args, tt.env, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseCA(t *testing.T) {
+	c, err := ParseCA([]string{"--dir", "/tmp/ca", "--server-names", "ca.example, 10.0.0.1"}, env("TRUST_DOMAIN", "example.org"), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:15012" || c.Dir != "/tmp/ca" || c.TrustDomain != "example.org" || c.MaxTTL != 24*time.Hour || len(c.ServerNames) != 2 {
+		t.Fatalf("got %+v", c)
+	}
+	if _, err := ParseCA(nil, env(), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--dir") {
+		t.Fatalf("missing --dir: %v", err)
+	}
+}
+
+func TestUsageListsEverySetting(t *testing.T) {
+	var buf bytes.Buffer
+	PrintUsage(&buf, "sdsagent run", AgentSettings())
+	for _, s := range AgentSettings() {
+		if !strings.Contains(buf.String(), "--"+s.Flag) || !strings.Contains(buf.String(), s.Env) {
+			t.Fatalf("usage misses %s", s.Flag)
+		}
+	}
+}

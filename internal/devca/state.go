@@ -1,0 +1,257 @@
+package devca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// tokenBytes is the entropy of a generated bearer token: 256 bits.
+const tokenBytes = 32
+
+// state is what the CA keeps on disk.
+type state struct {
+	signer  *signer
+	rootPEM []byte
+	token   []byte
+}
+
+// loadOrCreateState creates dir if needed, creates the root, key and token
+// if none of them exists, and loads and checks them. Some but not all of
+// them existing is an error: they are never overwritten.
+func loadOrCreateState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	names := []string{rootCertFile, caKeyFile, tokenFile}
+	var present, missing []string
+	for _, name := range names {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		switch {
+		case err == nil:
+			present = append(present, name)
+		case errors.Is(err, fs.ErrNotExist):
+			missing = append(missing, name)
+		default:
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	switch {
+	case len(present) == 0:
+		if err := createState(dir, trustDomain, now); err != nil {
+			return nil, fmt.Errorf("create state in %s: %w", dir, err)
+		}
+		log.Info("state created", zap.String("dir", dir))
+	case len(missing) > 0:
+		return nil, fmt.Errorf("incomplete state in %s: missing %s (found %s); restore the missing files, or remove the others to create a new CA",
+			dir, strings.Join(missing, ", "), strings.Join(present, ", "))
+	}
+	st, err := loadState(dir, trustDomain, now, log)
+	if err != nil {
+		return nil, fmt.Errorf("load state from %s: %w", dir, err)
+	}
+	return st, nil
+}
+
+// createState writes a new root, its key and a token into dir. The root is
+// written last, so it only exists once its key does.
+func createState(dir, trustDomain string, now time.Time) error {
+	root, key, err := newRoot(trustDomain, now)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("marshal root key: %w", err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	raw := make([]byte, tokenBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return fmt.Errorf("generate token: %w", err)
+	}
+	token := []byte(hex.EncodeToString(raw))
+
+	if err := writeFileAtomic(dir, caKeyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(dir, tokenFile, token, 0o600); err != nil {
+		return err
+	}
+	return writeFileAtomic(dir, rootCertFile, encodeCertPEM(root.Raw), 0o644)
+}
+
+// loadState reads and checks the three state files. Each error names the
+// file it is about.
+func loadState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state, error) {
+	rootPEM, err := os.ReadFile(filepath.Join(dir, rootCertFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
+	}
+	root, err := parseCertPEM(rootPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
+	}
+	if now.Before(root.NotBefore) || now.After(root.NotAfter) {
+		return nil, fmt.Errorf("%s: %w; remove the state files to create a new CA", rootCertFile,
+			&notValidError{notBefore: root.NotBefore, notAfter: root.NotAfter, now: now})
+	}
+
+	keyPath := filepath.Join(dir, caKeyFile)
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", caKeyFile, err)
+	}
+	key, err := parseKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", caKeyFile, err)
+	}
+	if err := keyMatchesCert(key, root); err != nil {
+		return nil, fmt.Errorf("%s: %w in %s", caKeyFile, err, rootCertFile)
+	}
+	sg, err := newSigner(key, []*x509.Certificate{root})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
+	}
+
+	token, err := os.ReadFile(filepath.Join(dir, tokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tokenFile, err)
+	}
+	token = bytes.TrimSpace(token)
+	if err := validateToken(token); err != nil {
+		return nil, fmt.Errorf("%s: %w", tokenFile, err)
+	}
+
+	for _, name := range []string{caKeyFile, tokenFile} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("secret file is accessible by group or others",
+				zap.String("path", filepath.Join(dir, name)), zap.Stringer("mode", fi.Mode().Perm()))
+		}
+	}
+	if org := root.Subject.Organization; len(org) != 1 || org[0] != trustDomain {
+		log.Warn("root organization differs from trust domain",
+			zap.Strings("root_organization", org), zap.String("trust_domain", trustDomain))
+	}
+	log.Info("state loaded",
+		zap.String("dir", dir),
+		zap.String("root_serial", root.SerialNumber.Text(16)),
+		zap.Time("root_not_after", root.NotAfter))
+	return &state{signer: sg, rootPEM: rootPEM, token: token}, nil
+}
+
+// parseCertPEM parses a file holding exactly one PEM certificate.
+func parseCertPEM(data []byte) (*x509.Certificate, error) {
+	block, rest := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block found")
+	}
+	if block.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("unexpected data after the certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// parseKeyPEM parses a file holding exactly one PKCS#8 PEM private key.
+// Its errors never include key material.
+func parseKeyPEM(data []byte) (crypto.Signer, error) {
+	block, rest := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block found")
+	}
+	if block.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("PEM block is %q, want PRIVATE KEY (PKCS#8)", block.Type)
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("unexpected data after the private key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse PKCS#8 private key: %w", err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("unsupported private key type %T", k)
+	}
+	return key, nil
+}
+
+// validateToken checks that a token can travel in an HTTP header value.
+func validateToken(token []byte) error {
+	if len(token) == 0 {
+		return errors.New("token is empty")
+	}
+	for _, c := range token {
+		if c <= ' ' || c >= 0x7f {
+			return errors.New("token holds whitespace or non-printable characters")
+		}
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to dir/name through a temporary file in dir
+// that is synced and then renamed, so readers see the old content or the
+// new, never a partial file.
+func writeFileAtomic(dir, name string, data []byte, perm os.FileMode) (err error) {
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			_ = f.Close() // already failing; the first error is the one to report
+			_ = os.Remove(tmp)
+		}
+	}()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("write %s: sync: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: close: %w", name, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	if err := d.Sync(); err != nil {
+		_ = d.Close() // the sync error is the one to report
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	if err := d.Close(); err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
