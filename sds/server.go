@@ -1,0 +1,304 @@
+// Package sds serves the agent's secrets to Envoy over the Secret Discovery
+// Service on a Unix domain socket: StreamSecrets (state of the world),
+// DeltaSecrets and FetchSecrets.
+//
+// The protocol (versions, nonces, ACK and NACK handling) is go-control-plane's
+// xDS server; this package feeds it from a Source, keeps per-stream
+// bookkeeping for operators, and fixes the two places where go-control-plane's
+// LinearCache does not fit SDS (see secretCache).
+package sds
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/metrics"
+)
+
+const (
+	// DefaultSocketPath is where Istio's agent serves SDS, so Envoy
+	// bootstraps written for Istio work unchanged.
+	DefaultSocketPath = "/var/run/secrets/workload-spiffe-uds/socket"
+	// DefaultSocketMode lets only the owner and group (Envoy shares the
+	// pod's fsGroup) connect: whoever connects gets the private key.
+	DefaultSocketMode os.FileMode = 0o660
+)
+
+// gracefulStopTimeout bounds how long Serve waits for connections to drain
+// after its context ends. Streams end at once (their context is cancelled),
+// so this only matters for a client that does not close its connection.
+const gracefulStopTimeout = 3 * time.Second
+
+// API labels used in StreamInfo.API and the metrics' "api" label.
+const (
+	apiSotW  = "sotw"
+	apiDelta = "delta"
+	apiFetch = "fetch"
+)
+
+// Source supplies what the server serves; cache.Manager implements it.
+// Its methods are called concurrently, from the sync goroutine and from
+// stream goroutines, and must be safe for that.
+type Source interface {
+	// Snapshot returns the current secrets. The server never modifies it.
+	Snapshot() *cache.Snapshot
+	// Subscribe returns a channel that receives a value after changes (and
+	// once at once); notifications may coalesce. cancel stops them.
+	Subscribe() (updates <-chan struct{}, cancel func())
+	// CheckName returns nil if the name can be served (now or once it
+	// exists); otherwise an error saying why not that lists valid names.
+	CheckName(name string) error
+}
+
+// Config configures a Server. Zero fields get defaults.
+type Config struct {
+	// SocketPath is where Run listens. Default DefaultSocketPath.
+	SocketPath string
+	// SocketMode is the socket file's mode. Default DefaultSocketMode.
+	SocketMode os.FileMode
+	// Source supplies the secrets. Required.
+	Source Source
+	// Logger receives the server's logs, under the name "sds". Default Nop.
+	Logger *zap.Logger
+	// Metrics receives the SDS metrics. Default metrics.New(nil).
+	Metrics *metrics.Metrics
+}
+
+// StreamInfo describes one open SDS stream, for the debug endpoint.
+type StreamInfo struct {
+	// ID identifies the stream within this process; IDs are never reused.
+	ID int64
+	// API is "sotw" or "delta".
+	API string
+	// NodeID is the node.id the client sent in its first request.
+	NodeID string
+	// Names are the resource names the stream currently asks for.
+	Names []string
+	// UnknownNames are names requested on this stream, at any time, that
+	// the agent cannot serve.
+	UnknownNames []string
+	// AckedVersion is the last version the client accepted.
+	AckedVersion string
+	// Nacks counts responses the client rejected.
+	Nacks int
+	// LastNack is the error message of the last rejection.
+	LastNack string
+	// OpenedAt is when the stream was opened.
+	OpenedAt time.Time
+}
+
+// Server is the SDS gRPC service. Create it with New and run it with Run
+// or Serve; only one Serve may run at a time. Streams is safe to call
+// concurrently with everything else.
+type Server struct {
+	cfg    Config
+	log    *zap.Logger
+	xdsLog xdsLogger
+	cache  *secretCache
+
+	streamGauge map[string]prometheus.Gauge
+	pushes      map[string]prometheus.Counter
+
+	serving atomic.Bool
+
+	// seen is the last *cache.Secret processed per name, served or
+	// rejected. Only the sync code of the running Serve touches it.
+	seen map[string]*cache.Secret
+
+	mu      sync.Mutex
+	nextID  int64
+	streams map[streamKey]*streamState
+	// changed is closed and replaced whenever stream state changes.
+	changed chan struct{}
+}
+
+// New returns a server for cfg. It starts no goroutines.
+func New(cfg Config) (*Server, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("new sds server: source is required")
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = DefaultSocketPath
+	}
+	if cfg.SocketMode == 0 {
+		cfg.SocketMode = DefaultSocketMode
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New(nil)
+	}
+	logger := cfg.Logger.Named("sds")
+	xdsLog := newXDSLogger(logger)
+	// The prefix makes versions unique per process, so a version Envoy
+	// kept from an earlier agent is never mistaken for one of ours.
+	prefix := "sds-" + rand.Text()[:10] + "-"
+	s := &Server{
+		cfg:     cfg,
+		log:     logger,
+		xdsLog:  xdsLog,
+		cache:   newSecretCache(prefix, xdsLog),
+		seen:    map[string]*cache.Secret{},
+		streams: map[streamKey]*streamState{},
+		changed: make(chan struct{}),
+		streamGauge: map[string]prometheus.Gauge{
+			apiSotW:  cfg.Metrics.SDSStreams.WithLabelValues(apiSotW),
+			apiDelta: cfg.Metrics.SDSStreams.WithLabelValues(apiDelta),
+		},
+		pushes: map[string]prometheus.Counter{
+			apiSotW:  cfg.Metrics.SDSPushes.WithLabelValues(apiSotW),
+			apiDelta: cfg.Metrics.SDSPushes.WithLabelValues(apiDelta),
+			apiFetch: cfg.Metrics.SDSPushes.WithLabelValues(apiFetch),
+		},
+	}
+	return s, nil
+}
+
+// Run listens on the configured socket (see Listen) and serves until ctx
+// is done. It removes the socket file on exit and returns nil after a
+// clean stop.
+func (s *Server) Run(ctx context.Context) error {
+	lis, err := Listen(s.cfg.SocketPath, s.cfg.SocketMode)
+	if err != nil {
+		return err
+	}
+	err = s.Serve(ctx, lis)
+	if rmErr := removeSocket(s.cfg.SocketPath); rmErr != nil {
+		if err == nil {
+			return rmErr
+		}
+		s.log.Warn("socket not removed", zap.String("path", s.cfg.SocketPath), zap.Error(rmErr))
+	}
+	return err
+}
+
+// Serve serves SDS on lis until ctx is done, then stops accepting, ends
+// open streams and returns nil. It closes lis. It returns an error if
+// serving fails or another Serve is running.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if !s.serving.CompareAndSwap(false, true) {
+		_ = lis.Close()
+		return errors.New("sds serve: server is already serving")
+	}
+	defer s.serving.Store(false)
+
+	updates, unsubscribe := s.cfg.Source.Subscribe()
+	defer unsubscribe()
+	// Apply what exists now, so the first requests are answered at once.
+	s.syncSecrets()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	xds := serverv3.NewServer(ctx, s.cache, callbacks{s},
+		config.DeactivateLegacyWildcard(), // an empty request asks for nothing, never for every secret
+		withXDSLogger(s.xdsLog),
+	)
+	gs := grpc.NewServer(grpc.WaitForHandlers(true))
+	secretv3.RegisterSecretDiscoveryServiceServer(gs, xds)
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.syncLoop(ctx, updates) })
+	serveErr := make(chan error, 1)
+	wg.Go(func() { serveErr <- gs.Serve(lis) })
+
+	s.log.Info("serving sds", zap.String("address", lis.Addr().String()))
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		if errors.Is(err, grpc.ErrServerStopped) {
+			err = nil
+		}
+		if err != nil {
+			err = fmt.Errorf("sds serve: %w", err)
+		}
+	}
+	// Cancelling ctx ends every stream's processing loop; then drain.
+	cancel()
+	s.stop(gs)
+	wg.Wait()
+	s.log.Info("sds stopped")
+	return err
+}
+
+// stop stops gs gracefully, or forcibly after gracefulStopTimeout.
+func (s *Server) stop(gs *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		gs.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(gracefulStopTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.log.Warn("graceful stop timed out, closing connections", zap.Duration("timeout", gracefulStopTimeout))
+		gs.Stop()
+		<-done
+	}
+}
+
+// Versions returns, for each secret being served, the version at which it
+// last changed. A stream whose AckedVersion is at least that version (they
+// are "<prefix><n>" with a growing n) has received it.
+func (s *Server) Versions() map[string]string { return s.cache.versions() }
+
+// Streams returns the open streams sorted by ID.
+func (s *Server) Streams() []StreamInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streamsLocked()
+}
+
+func (s *Server) streamsLocked() []StreamInfo {
+	out := make([]StreamInfo, 0, len(s.streams))
+	for _, st := range s.streams {
+		out = append(out, st.snapshot())
+	}
+	slices.SortFunc(out, func(a, b StreamInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+// waitStreams blocks until cond holds for the open streams or ctx ends.
+func (s *Server) waitStreams(ctx context.Context, cond func([]StreamInfo) bool) error {
+	for {
+		s.mu.Lock()
+		infos := s.streamsLocked()
+		changed := s.changed
+		s.mu.Unlock()
+		if cond(infos) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for streams: %w", ctx.Err())
+		}
+	}
+}
+
+// notifyLocked wakes waitStreams. s.mu must be held.
+func (s *Server) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
