@@ -211,6 +211,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	for {
 		now := m.cfg.Clock.Now()
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
+			sent := now
 			b, err := m.issue(ctx)
 			if ctx.Err() != nil {
 				return nil
@@ -221,7 +222,14 @@ func (m *Manager) Run(ctx context.Context) error {
 				renewAt = m.cfg.Clock.Now().Add(wait)
 			} else {
 				bo.Reset()
-				renewAt = RenewTime(b.Leaf.NotBefore, b.Leaf.NotAfter, m.cfg.GraceRatio, m.cfg.GraceJitter, m.cfg.Rand())
+				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
+				// others by minutes); counting the lifetime from when we
+				// asked keeps a short TTL from renewing at once, forever.
+				start := b.Leaf.NotBefore
+				if sent.After(start) {
+					start = sent
+				}
+				renewAt = RenewTime(start, b.Leaf.NotAfter, m.cfg.GraceRatio, m.cfg.GraceJitter, m.cfg.Rand())
 			}
 			m.mu.Lock()
 			m.status.NextRenewal = renewAt

@@ -271,8 +271,9 @@ func TestManagerRotatesBeforeExpiry(t *testing.T) {
 	first := h.current()
 	h.waitParked()
 
-	// Renewal is due at NotAfter - (0.5+0.01) * lifetime.
-	lifetime := first.Certs[0].NotAfter.Sub(first.Certs[0].NotBefore)
+	// Renewal is due at NotAfter - (0.5+0.01) * lifetime, the lifetime
+	// counted from when the CSR was sent (the CA backdated NotBefore).
+	lifetime := first.Certs[0].NotAfter.Sub(start)
 	wantRenew := first.Certs[0].NotAfter.Add(-time.Duration(0.51 * float64(lifetime)))
 	if got := h.mgr.Status().NextRenewal; !got.Equal(wantRenew) {
 		t.Fatalf("NextRenewal = %s, want %s", got, wantRenew)
@@ -306,6 +307,17 @@ func TestManagerRotatesBeforeExpiry(t *testing.T) {
 	}
 	if h.logs.FilterMessage("workload certificate rotated").Len() != 1 {
 		t.Fatal("no rotation log line")
+	}
+}
+
+func TestManagerShortTTLWithBackdatedCertDoesNotRenewAtOnce(t *testing.T) {
+	// The fake CA backdates NotBefore by 10s, more than the whole TTL.
+	h := newHarness(t, func(c *Config) { c.TTL = 4 * time.Second; c.GraceJitter = 0 })
+	h.waitCall()
+	h.waitPublished()
+	h.waitParked()
+	if got, want := h.mgr.Status().NextRenewal, start.Add(2*time.Second); !got.Equal(want) {
+		t.Fatalf("NextRenewal = %s, want %s (half of the 4s TTL after the request)", got, want)
 	}
 }
 

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/caclient"
+	"github.com/sdsagent/sdsagent/internal/clock"
+	"github.com/sdsagent/sdsagent/internal/config"
+	"github.com/sdsagent/sdsagent/internal/debug"
+	"github.com/sdsagent/sdsagent/internal/metrics"
+	"github.com/sdsagent/sdsagent/internal/pki"
+	"github.com/sdsagent/sdsagent/sds"
+)
+
+// runAgent is `sdsagent run`.
+func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.ParseAgent(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	id, err := pki.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+
+	signer, err := caclient.New(caclient.Config{
+		Addr:         cfg.CAAddr,
+		RootCertFile: cfg.CARootCert,
+		ServerName:   cfg.CAServerName,
+		Plaintext:    cfg.CAPlaintext,
+		TokenFile:    cfg.TokenFile,
+		ClusterID:    cfg.ClusterID,
+		Timeout:      cfg.CATimeout,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	defer signer.Close()
+
+	mgr, err := cache.New(cache.Config{
+		ID:          id,
+		KeyType:     cfg.KeyType,
+		TTL:         cfg.SecretTTL,
+		GraceRatio:  cfg.GraceRatio,
+		GraceJitter: cfg.GraceJitter,
+		Signer:      signer,
+		Clock:       clock.Real(),
+		Logger:      log,
+		Metrics:     m,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := sds.New(sds.Config{
+		SocketPath: cfg.Socket,
+		SocketMode: cfg.SocketMode,
+		Source:     mgr,
+		Logger:     log,
+		Metrics:    m,
+	})
+	if err != nil {
+		return err
+	}
+	tasks := []func(context.Context) error{mgr.Run, srv.Run}
+	if cfg.HTTPAddr != "" {
+		dbg, err := debug.New(debug.Config{Addr: cfg.HTTPAddr, Ready: mgr.Ready, Gatherer: reg, Logger: log})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, dbg.Run)
+	}
+
+	log.Info("starting agent",
+		zap.String("version", versionString()),
+		zap.String("spiffe_id", id.String()),
+		zap.String("ca_addr", cfg.CAAddr),
+		zap.String("socket", cfg.Socket),
+		zap.String("http_addr", cfg.HTTPAddr),
+		zap.String("key_type", string(cfg.KeyType)),
+		zap.Duration("secret_ttl", cfg.SecretTTL),
+	)
+	err = runAll(ctx, tasks...)
+	if err != nil {
+		log.Error("agent stopped", zap.Error(err))
+		return err
+	}
+	log.Info("agent stopped")
+	return nil
+}
