@@ -18,6 +18,7 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "time"
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	encCfg.EncodeDuration = zapcore.StringDurationEncoder
 	var enc zapcore.Encoder
 	if c.Format == "console" {
 		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
