@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -12,10 +13,41 @@ import (
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/config"
 	"github.com/sdsagent/sdsagent/internal/debug"
+	"github.com/sdsagent/sdsagent/internal/memtrim"
 	"github.com/sdsagent/sdsagent/internal/metrics"
 	"github.com/sdsagent/sdsagent/internal/pki"
 	"github.com/sdsagent/sdsagent/sds"
 )
+
+// releaseDelay lets Envoy's first requests, which arrive as the first
+// certificate does, be served before startup pages are released.
+const releaseDelay = 2 * time.Second
+
+// releaseStartupMemory waits until the first certificate is served and
+// its first requests answered, then lets the kernel reclaim the binary's
+// pages that only startup touched.
+func releaseStartupMemory(ctx context.Context, mgr *cache.Manager, log *zap.Logger) {
+	updates, cancel := mgr.Subscribe()
+	defer cancel()
+	for mgr.Ready() != nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-updates:
+		}
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(releaseDelay):
+	}
+	n, err := memtrim.Release()
+	if err != nil {
+		log.Debug("startup memory not released", zap.Error(err))
+		return
+	}
+	log.Debug("startup memory released", zap.Int("bytes_advised", n))
+}
 
 // runAgent is `sdsagent run`.
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
@@ -77,11 +109,33 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	tasks := []func(context.Context) error{mgr.Run, srv.Run}
 	if cfg.HTTPAddr != "" {
-		dbg, err := debug.New(debug.Config{Addr: cfg.HTTPAddr, Ready: mgr.Ready, Gatherer: reg, Logger: log})
+		dbg, err := debug.New(debug.Config{
+			Addr:     cfg.HTTPAddr,
+			Ready:    mgr.Ready,
+			Gatherer: reg,
+			Logger:   log,
+			Secrets:  mgr,
+			ToProto:  sds.ToProto,
+			Versions: srv.Versions,
+			Streams: func() []debug.StreamInfo {
+				in := srv.Streams()
+				out := make([]debug.StreamInfo, len(in))
+				for i, s := range in {
+					out[i] = debug.StreamInfo(s)
+				}
+				return out
+			},
+		})
 		if err != nil {
 			return err
 		}
 		tasks = append(tasks, dbg.Run)
+	}
+	if cfg.ReleaseMemory {
+		tasks = append(tasks, func(ctx context.Context) error {
+			releaseStartupMemory(ctx, mgr, log)
+			return nil
+		})
 	}
 
 	log.Info("starting agent",

@@ -4,6 +4,7 @@
 //
 //	sdsagent run      run the agent
 //	sdsagent ca       run a development CA that speaks Istio's CA protocol
+//	sdsagent secrets  show what a running agent serves
 //	sdsagent version  print the version
 package main
 
@@ -41,6 +42,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runAgent(ctx, args[1:], getenv, stderr)
 	case "ca":
 		err = runCA(ctx, args[1:], getenv, stderr)
+	case "secrets":
+		err = runSecrets(ctx, args[1:], getenv, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "sdsagent", versionString())
 		return 0
@@ -69,6 +72,7 @@ func usage(w io.Writer) {
 Commands:
   run      run the agent: renew the workload certificate, serve it over SDS
   ca       run a development CA speaking Istio's CA protocol
+  secrets  show the secrets a running agent serves (table, json or pem)
   version  print the version
 
 Run "sdsagent <command> --help" for the flags of a command.

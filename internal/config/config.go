@@ -40,6 +40,7 @@ type Agent struct {
 	Socket         string
 	SocketMode     os.FileMode
 	HTTPAddr       string
+	ReleaseMemory  bool
 	KeyType        pki.KeyType
 	SecretTTL      time.Duration
 	GraceRatio     float64
@@ -70,6 +71,7 @@ func AgentSettings() []Setting {
 		{"socket", "SDSAGENT_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "Unix socket Envoy reads SDS from"},
 		{"socket-mode", "SDSAGENT_SOCKET_MODE", "0660", "permissions of the socket: whoever can connect gets the private key"},
 		{"http-addr", "SDSAGENT_HTTP_ADDR", "127.0.0.1:15020", "health, readiness, metrics and debug HTTP endpoint (empty disables)"},
+		{"release-startup-memory", "SDSAGENT_RELEASE_STARTUP_MEMORY", "true", "once the first certificate is served, let the kernel reclaim binary pages only startup used (Linux, lowers resident memory)"},
 		{"key-type", "SDSAGENT_KEY_TYPE", "ecdsa-p256", "workload key: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (Istio's ECC_SIGNATURE_ALGORITHM, ECC_CURVE and WORKLOAD_RSA_KEY_SIZE are honoured when this is not set)"},
 		{"secret-ttl", "SECRET_TTL", "24h", "certificate lifetime requested from the CA"},
 		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", "0.5", "renew when this fraction of the lifetime remains (Istio's meaning)"},
@@ -108,6 +110,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 		Socket:         r.str("socket"),
 		SocketMode:     r.mode("socket-mode"),
 		HTTPAddr:       r.str("http-addr"),
+		ReleaseMemory:  r.boolean("release-startup-memory"),
 		SecretTTL:      r.duration("secret-ttl"),
 		GraceRatio:     r.float("grace-ratio"),
 		GraceJitter:    r.float("grace-jitter"),

@@ -1,5 +1,8 @@
-// Package debug serves the agent's HTTP endpoint: liveness, readiness and
-// Prometheus metrics. It only reads state.
+// Package debug serves the agent's HTTP endpoint: liveness, readiness,
+// Prometheus metrics, and loopback-only views of the served secrets (in
+// Envoy admin's shapes, private keys redacted), SDS streams and pprof. It
+// only reads state. It also holds the client side of those views, which
+// `sdsagent secrets` uses.
 package debug
 
 import (
@@ -8,14 +11,49 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/netip"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/cache"
 )
 
-// Config configures a Server.
+// Secrets supplies the secrets the agent serves. Snapshot must be safe
+// for concurrent use; the returned snapshot is not modified by the caller.
+type Secrets interface {
+	Snapshot() *cache.Snapshot
+}
+
+// StreamInfo describes one open SDS stream. It has the fields of
+// sds.StreamInfo, so a value of that type converts with StreamInfo(v).
+type StreamInfo struct {
+	// ID identifies the stream within the process.
+	ID int64 `json:"id"`
+	// API is "sotw" or "delta".
+	API string `json:"api"`
+	// NodeID is the node.id the client sent.
+	NodeID string `json:"node_id"`
+	// Names are the resource names the stream asks for.
+	Names []string `json:"names"`
+	// UnknownNames are names asked for that the agent cannot serve.
+	UnknownNames []string `json:"unknown_names"`
+	// AckedVersion is the last version the client accepted.
+	AckedVersion string `json:"acked_version"`
+	// Nacks counts responses the client rejected.
+	Nacks int `json:"nacks"`
+	// LastNack is the error message of the last rejection.
+	LastNack string `json:"last_nack"`
+	// OpenedAt is when the stream was opened.
+	OpenedAt time.Time `json:"opened_at"`
+}
+
+// Config configures a Server. Addr and Ready are required; a nil
+// optional source leaves out the routes that need it.
 type Config struct {
 	// Addr is the listen address, e.g. 127.0.0.1:15020.
 	Addr string
@@ -23,7 +61,21 @@ type Config struct {
 	Ready func() error
 	// Gatherer provides /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
-	Logger   *zap.Logger
+	// Secrets provides /debug/secrets and /debug/config_dump; nil leaves
+	// them out. ToProto is required with it.
+	Secrets Secrets
+	// ToProto converts a secret into the Envoy Secret that SDS serves
+	// (sds.ToProto). It receives a copy whose private key is a placeholder,
+	// and its result is redacted again before it is written.
+	ToProto func(*cache.Secret) (*tlsv3.Secret, error)
+	// Versions returns, per resource name, the version last applied to the
+	// SDS cache (sds.Server.Versions); nil leaves version_info empty.
+	Versions func() map[string]string
+	// Streams returns the open SDS streams (sds.Server.Streams); nil
+	// leaves /debug/sds out.
+	Streams func() []StreamInfo
+	// Logger receives the server's logs, under the name "debug".
+	Logger *zap.Logger
 }
 
 // Server is the HTTP endpoint.
@@ -40,13 +92,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ready == nil {
 		return nil, errors.New("debug: readiness function is required")
 	}
+	if cfg.Secrets != nil && cfg.ToProto == nil {
+		return nil, errors.New("debug: ToProto is required with Secrets")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.Named("debug")}, nil
 }
 
-// Handler returns the endpoint's routes.
+// Handler returns the endpoint's routes. /healthz, /ready and /metrics
+// answer anyone; everything under /debug/ answers only loopback callers.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -65,7 +121,53 @@ func (s *Server) Handler() http.Handler {
 	if s.cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
+
+	dbg := http.NewServeMux()
+	if s.cfg.Secrets != nil {
+		dbg.HandleFunc("GET /debug/secrets", s.serveSecrets)
+		dbg.HandleFunc("GET /debug/config_dump", s.serveConfigDump)
+	}
+	if s.cfg.Streams != nil {
+		dbg.HandleFunc("GET /debug/sds", s.serveSDS)
+	}
+	// net/http/pprof also registers on http.DefaultServeMux when imported;
+	// nothing in the agent serves that mux.
+	dbg.HandleFunc("/debug/pprof/", pprof.Index)
+	dbg.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	dbg.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	dbg.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	dbg.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/", s.loopbackOnly(dbg))
 	return mux
+}
+
+// loopbackOnly lets next answer only requests whose peer address is a
+// loopback address (127.0.0.0/8 or ::1), whatever address the server
+// listens on. Forwarding headers are ignored on purpose.
+func (s *Server) loopbackOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isLoopback(r.RemoteAddr) {
+			s.log.Debug("debug request refused", zap.String("remote_addr", r.RemoteAddr), zap.String("path", r.URL.Path))
+			http.Error(w, "forbidden: /debug/ answers only loopback callers (127.0.0.0/8, ::1)", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// isLoopback reports whether remoteAddr ("host:port", as in
+// http.Request.RemoteAddr) is a loopback address. Anything unparsable is
+// not.
+func isLoopback(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	return ip.WithZone("").Unmap().IsLoopback()
 }
 
 // Run listens on Addr and serves until ctx ends; it returns nil then.
