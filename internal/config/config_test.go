@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -109,6 +110,25 @@ func TestUsageListsEverySetting(t *testing.T) {
 	for _, s := range AgentSettings() {
 		if !strings.Contains(buf.String(), "--"+s.Flag) || !strings.Contains(buf.String(), s.Env) {
 			t.Fatalf("usage misses %s", s.Flag)
+		}
+	}
+}
+
+// TestREADMEDocumentsEverySetting keeps the README's table in step with
+// the flags: each flag and env var must appear in it.
+func TestREADMEDocumentsEverySetting(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range append(AgentSettings(), CASettings()...) {
+		if !strings.Contains(string(readme), "`--"+s.Flag+"`") {
+			t.Errorf("README does not document --%s", s.Flag)
+		}
+	}
+	for _, s := range AgentSettings() {
+		if !strings.Contains(string(readme), "`"+s.Env+"`") {
+			t.Errorf("README does not document %s", s.Env)
 		}
 	}
 }
