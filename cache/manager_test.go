@@ -258,6 +258,7 @@ func TestManagerIssuesVerifiedIdentity(t *testing.T) {
 	if got := testutil.ToFloat64(h.metrics.CertExpiryTimestamp.WithLabelValues(WorkloadCertName)); got != float64(leaf.NotAfter.Unix()) {
 		t.Fatalf("expiry metric = %v, want %d", got, leaf.NotAfter.Unix())
 	}
+	h.waitParked() // the issuance is logged after it is published
 	if h.logs.FilterMessage("workload certificate issued").Len() != 1 {
 		t.Fatalf("no issuance log line: %v", h.logs.All())
 	}
@@ -305,6 +306,7 @@ func TestManagerRotatesBeforeExpiry(t *testing.T) {
 	if got := testutil.ToFloat64(h.metrics.Rotations); got != 1 {
 		t.Fatalf("rotations = %v, want 1", got)
 	}
+	h.waitParked() // the rotation is logged after it is published
 	if h.logs.FilterMessage("workload certificate rotated").Len() != 1 {
 		t.Fatal("no rotation log line")
 	}
