@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -13,9 +15,37 @@ import (
 	"github.com/sdsagent/sdsagent/internal/devca"
 )
 
-// runCA is `sdsagent ca`.
+// caSubcommandsUsage follows the flags of `sdsagent ca --help`.
+const caSubcommandsUsage = `
+With Istio's plugged-in CA files in --dir (ca-cert.pem, ca-key.pem,
+root-cert.pem, cert-chain.pem), the CA signs as that intermediate and
+returns leaf, intermediates and root; otherwise it creates and uses a
+self-signed root. These make an offline root and one intermediate per mesh:
+
+  sdsagent ca init-root --dir ROOTDIR [flags]
+      write ROOTDIR/root-cert.pem and ROOTDIR/root-key.pem
+  sdsagent ca init-intermediate --root-dir ROOTDIR --dir MESHDIR --trust-domain TD [flags]
+      write ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem into
+      MESHDIR, for "sdsagent ca --dir MESHDIR"
+
+Run "sdsagent ca init-root --help" or "sdsagent ca init-intermediate --help"
+for their flags.
+`
+
+// runCA is `sdsagent ca`, and `sdsagent ca init-root|init-intermediate`.
 func runCA(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "init-root":
+			return runCAInitRoot(args[1:], getenv, stderr)
+		case "init-intermediate":
+			return runCAInitIntermediate(args[1:], getenv, stderr)
+		}
+	}
 	cfg, err := config.ParseCA(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stderr, caSubcommandsUsage)
+	}
 	if err != nil {
 		return err
 	}
@@ -42,10 +72,57 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 	}
 	log.Info("development CA listening",
 		zap.String("addr", lis.Addr().String()),
+		zap.String("mode", string(ca.Mode())),
 		zap.String("trust_domain", cfg.TrustDomain),
 		zap.String("root_cert", ca.RootCertPath()),
 		zap.String("token_file", ca.TokenPath()),
 		zap.Duration("max_ttl", cfg.MaxTTL),
 	)
 	return ca.Serve(ctx, lis)
+}
+
+// runCAInitRoot is `sdsagent ca init-root`.
+func runCAInitRoot(args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.ParseCAInitRoot(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	return devca.InitRoot(devca.RootConfig{
+		Dir:          cfg.Dir,
+		CommonName:   cfg.CommonName,
+		Organization: cfg.Organization,
+		TTL:          cfg.TTL,
+		KeyType:      cfg.KeyType,
+		Clock:        clock.Real(),
+		Logger:       log,
+	})
+}
+
+// runCAInitIntermediate is `sdsagent ca init-intermediate`.
+func runCAInitIntermediate(args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.ParseCAInitIntermediate(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	return devca.InitIntermediate(devca.IntermediateConfig{
+		RootDir:          cfg.RootDir,
+		Dir:              cfg.Dir,
+		TrustDomain:      cfg.TrustDomain,
+		CommonName:       cfg.CommonName,
+		TTL:              cfg.TTL,
+		KeyType:          cfg.KeyType,
+		NoNameConstraint: !cfg.NameConstraint,
+		Clock:            clock.Real(),
+		Logger:           log,
+	})
 }

@@ -3,7 +3,10 @@
 // the Secret Discovery Service on a Unix socket.
 //
 //	sdsagent run      run the agent
-//	sdsagent ca       run a development CA that speaks Istio's CA protocol
+//	sdsagent ca       run a development CA that speaks Istio's CA protocol,
+//	                  with a self-signed root or a plugged-in intermediate
+//	sdsagent ca init-root, sdsagent ca init-intermediate
+//	                  create an offline root and an intermediate per mesh
 //	sdsagent secrets  show what a running agent serves
 //	sdsagent version  print the version
 package main
@@ -71,7 +74,10 @@ func usage(w io.Writer) {
 
 Commands:
   run      run the agent: renew the workload certificate, serve it over SDS
-  ca       run a development CA speaking Istio's CA protocol
+  ca       run a development CA speaking Istio's CA protocol, signing with
+           a self-signed root or a plugged-in intermediate (Istio's cacerts)
+  ca init-root, ca init-intermediate
+           create an offline root, and an intermediate CA per mesh under it
   secrets  show the secrets a running agent serves (table, json or pem)
   version  print the version
 

@@ -1,9 +1,15 @@
 // Package devca is an Istio-compatible certificate authority for local use
-// and tests (`sdsagent ca`). It keeps a self-signed root, its key and a
-// bearer token in a state directory and signs SPIFFE workload CSRs over
+// and tests (`sdsagent ca`). It keeps a signing key and a bearer token in a
+// state directory and signs SPIFFE workload CSRs over
 // istio.v1.auth.IstioCertificateService/CreateCertificate.
 //
-// It is not meant for production: the root key sits unencrypted on disk and
+// The signing key is either a self-signed root the CA creates on first
+// start, or an intermediate CA plugged in with Istio's file layout
+// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), such as
+// InitRoot and InitIntermediate create for an offline root shared by
+// several meshes.
+//
+// It is not meant for production: the CA key sits unencrypted on disk and
 // every caller holding the token can obtain any identity in the trust domain.
 package devca
 
@@ -20,11 +26,28 @@ import (
 	"github.com/sdsagent/sdsagent/internal/clock"
 )
 
-// State file names inside Config.Dir.
+// State file names inside Config.Dir, and in the directories InitRoot and
+// InitIntermediate write. The plugged-in names are Istio's.
 const (
-	rootCertFile = "root-cert.pem"
-	caKeyFile    = "ca-key.pem"
-	tokenFile    = "token"
+	rootCertFile  = "root-cert.pem"
+	caKeyFile     = "ca-key.pem"
+	tokenFile     = "token"
+	caCertFile    = "ca-cert.pem"
+	certChainFile = "cert-chain.pem"
+	rootKeyFile   = "root-key.pem"
+)
+
+// Mode says what signs the workload certificates.
+type Mode string
+
+// The modes of a CA.
+const (
+	// ModeSelfSignedRoot signs with a self-signed root the CA created in
+	// its directory.
+	ModeSelfSignedRoot Mode = "self-signed-root"
+	// ModeIntermediate signs with an intermediate CA plugged in with
+	// Istio's files; the root's key is elsewhere.
+	ModeIntermediate Mode = "intermediate"
 )
 
 const (
@@ -62,9 +85,14 @@ func defaultServerNames() []string {
 // Config configures a CA. The zero value of every field but Dir has a
 // default.
 type Config struct {
-	// Dir holds root-cert.pem, ca-key.pem and token; it is created with
-	// mode 0700 if missing. Two processes must not create state in the same
-	// empty Dir at the same time.
+	// Dir holds the CA's state; it is created with mode 0700 if missing.
+	// If Dir holds ca-cert.pem or cert-chain.pem, the CA is an
+	// intermediate: Dir must then hold all of Istio's plugged-in files
+	// (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), and token
+	// is created if missing. Otherwise Dir holds a self-signed
+	// root-cert.pem, its ca-key.pem and token, all created on first start.
+	// Two processes must not create state in the same empty Dir at the
+	// same time.
 	Dir string
 	// TrustDomain is the only trust domain the CA signs for; default
 	// "cluster.local".
@@ -100,8 +128,10 @@ type CA struct {
 	tlsCert tls.Certificate
 }
 
-// New loads the CA state from cfg.Dir, or creates it if the directory holds
-// none of the state files. It starts no goroutines.
+// New loads the CA state from cfg.Dir, or creates a self-signed root if
+// the directory holds none of the state files. An error names the file
+// that is missing or wrong; New never overwrites a file. It starts no
+// goroutines.
 func New(cfg Config) (*CA, error) {
 	cfg, err := withDefaults(cfg)
 	if err != nil {
@@ -138,8 +168,18 @@ func (ca *CA) RootCertPath() string { return filepath.Join(ca.dir, rootCertFile)
 // callers must present, DIR/token.
 func (ca *CA) TokenPath() string { return filepath.Join(ca.dir, tokenFile) }
 
-// RootPEM returns a copy of the PEM-encoded root certificate.
+// RootPEM returns a copy of root-cert.pem: the PEM-encoded root
+// certificate (or certificates, when a plugged-in root-cert.pem holds
+// several).
 func (ca *CA) RootPEM() []byte { return append([]byte(nil), ca.rootPEM...) }
+
+// Mode says whether a self-signed root or a plugged-in intermediate signs.
+func (ca *CA) Mode() Mode {
+	if ca.signer.intermediate() {
+		return ModeIntermediate
+	}
+	return ModeSelfSignedRoot
+}
 
 // withDefaults validates cfg and returns a copy with defaults filled in.
 func withDefaults(cfg Config) (Config, error) {

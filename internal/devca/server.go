@@ -122,7 +122,7 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCerti
 		zap.Time("not_after", leaf.NotAfter),
 		zap.Duration("ttl", ttl),
 	}
-	if now.Add(ttl).After(ca.signer.chain[0].NotAfter) {
+	if now.Add(ttl).After(ca.signer.notAfter) {
 		fields = append(fields, zap.Bool("capped_at_ca_expiry", true))
 	}
 	log.Info("certificate issued", fields...)

@@ -17,8 +17,9 @@ import (
 	"time"
 )
 
-// notValidError reports that the signing certificate is not valid at the
-// time of a request, so nothing it signed would verify.
+// notValidError reports that the CA chain (the signing certificate or one
+// above it) is not valid at the time of a request, so nothing it signed
+// would verify.
 type notValidError struct {
 	notBefore, notAfter, now time.Time
 }
@@ -39,6 +40,9 @@ type signer struct {
 	key      crypto.Signer
 	chain    []*x509.Certificate // chain[0] signs; the last element is the root
 	chainPEM []string            // PEM of chain, same order
+	// notBefore and notAfter bound the time in which every certificate of
+	// chain is valid; issued certificates never reach outside it.
+	notBefore, notAfter time.Time
 }
 
 // newSigner checks that key belongs to chain[0] and that each certificate is
@@ -65,18 +69,59 @@ func newSigner(key crypto.Signer, chain []*x509.Certificate) (*signer, error) {
 			return nil, fmt.Errorf("certificate %s is not signed by %s: %w", certName(c), certName(parent), err)
 		}
 	}
-	s := &signer{key: key, chain: chain}
+	s := &signer{key: key, chain: chain, notBefore: chain[0].NotBefore, notAfter: chain[0].NotAfter}
 	for _, c := range chain {
 		s.chainPEM = append(s.chainPEM, string(encodeCertPEM(c.Raw)))
+		if c.NotBefore.After(s.notBefore) {
+			s.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(s.notAfter) {
+			s.notAfter = c.NotAfter
+		}
 	}
 	return s, nil
+}
+
+// intermediate reports whether an intermediate CA signs, rather than the
+// root itself.
+func (s *signer) intermediate() bool { return len(s.chain) > 1 }
+
+// checkIssuable signs a throwaway workload certificate in trustDomain and
+// verifies it against the root the way a peer would, so that a chain whose
+// path length, name constraints or validity would fail every certificate
+// it issues is refused at start rather than at the first request.
+func (s *signer) checkIssuable(trustDomain string, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate key: %w", err)
+	}
+	id := &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/ns/sdsagent/sa/startup-check"}
+	leaf, _, err := s.issueWorkload(key.Public(), id, now, time.Minute)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(s.root())
+	inter := x509.NewCertPool()
+	for _, c := range s.chain[:len(s.chain)-1] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return fmt.Errorf("a workload certificate for trust domain %q signed with it would not verify: %w", trustDomain, err)
+	}
+	return nil
 }
 
 // root returns the trust anchor at the top of the chain.
 func (s *signer) root() *x509.Certificate { return s.chain[len(s.chain)-1] }
 
 // issueWorkload signs a SPIFFE leaf for pub valid from now-clockSkew to
-// now+ttl, both clamped to the signing certificate's validity. It returns
+// now+ttl, both clamped to the validity of the CA chain. It returns
 // the leaf and the PEM chain to hand out: leaf first, root last.
 func (s *signer) issueWorkload(pub any, id *url.URL, now time.Time, ttl time.Duration) (*x509.Certificate, []string, error) {
 	tmpl := &x509.Certificate{
@@ -138,25 +183,24 @@ func (s *signer) issueServing(extra []string, trustDomain string, now time.Time)
 	return tls.Certificate{Certificate: certs, PrivateKey: key, Leaf: leaf}, nil
 }
 
-// sign fills in the serial number, clamps the validity to the signing
-// certificate's and signs tmpl for pub.
+// sign fills in the serial number, clamps the validity to the CA chain's
+// and signs tmpl for pub.
 func (s *signer) sign(tmpl *x509.Certificate, pub any, now time.Time) (*x509.Certificate, error) {
-	issuer := s.chain[0]
-	if now.Before(issuer.NotBefore) || now.After(issuer.NotAfter) {
-		return nil, &notValidError{notBefore: issuer.NotBefore, notAfter: issuer.NotAfter, now: now}
+	if now.Before(s.notBefore) || now.After(s.notAfter) {
+		return nil, &notValidError{notBefore: s.notBefore, notAfter: s.notAfter, now: now}
 	}
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
 	}
 	tmpl.SerialNumber = serial
-	if tmpl.NotBefore.Before(issuer.NotBefore) {
-		tmpl.NotBefore = issuer.NotBefore
+	if tmpl.NotBefore.Before(s.notBefore) {
+		tmpl.NotBefore = s.notBefore
 	}
-	if tmpl.NotAfter.After(issuer.NotAfter) {
-		tmpl.NotAfter = issuer.NotAfter
+	if tmpl.NotAfter.After(s.notAfter) {
+		tmpl.NotAfter = s.notAfter
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, pub, s.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.chain[0], pub, s.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate: %w", err)
 	}

@@ -28,25 +28,29 @@ type state struct {
 	token   []byte
 }
 
-// loadOrCreateState creates dir if needed, creates the root, key and token
-// if none of them exists, and loads and checks them. Some but not all of
-// them existing is an error: they are never overwritten.
+// loadOrCreateState creates dir if needed. When dir holds Istio's
+// plugged-in CA files (ca-cert.pem or cert-chain.pem), it loads them as an
+// intermediate CA. Otherwise it creates the root, key and token if none of
+// them exists, and loads and checks them. Some but not all of them existing
+// is an error: they are never overwritten.
 func loadOrCreateState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	names := []string{rootCertFile, caKeyFile, tokenFile}
-	var present, missing []string
-	for _, name := range names {
-		_, err := os.Lstat(filepath.Join(dir, name))
-		switch {
-		case err == nil:
-			present = append(present, name)
-		case errors.Is(err, fs.ErrNotExist):
-			missing = append(missing, name)
-		default:
-			return nil, fmt.Errorf("%s: %w", name, err)
+	plugged, _, err := presence(dir, caCertFile, certChainFile)
+	if err != nil {
+		return nil, err
+	}
+	if len(plugged) > 0 {
+		st, err := loadPluggedState(dir, trustDomain, now, log)
+		if err != nil {
+			return nil, fmt.Errorf("load plugged-in CA from %s: %w", dir, err)
 		}
+		return st, nil
+	}
+	present, missing, err := presence(dir, rootCertFile, caKeyFile, tokenFile)
+	if err != nil {
+		return nil, err
 	}
 	switch {
 	case len(present) == 0:
@@ -77,11 +81,10 @@ func createState(dir, trustDomain string, now time.Time) error {
 		return fmt.Errorf("marshal root key: %w", err)
 	}
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	raw := make([]byte, tokenBytes)
-	if _, err := rand.Read(raw); err != nil {
-		return fmt.Errorf("generate token: %w", err)
+	token, err := newToken()
+	if err != nil {
+		return err
 	}
-	token := []byte(hex.EncodeToString(raw))
 
 	if err := writeFileAtomic(dir, caKeyFile, keyPEM, 0o600); err != nil {
 		return err
@@ -125,30 +128,38 @@ func loadState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state,
 		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
 	}
 
-	token, err := os.ReadFile(filepath.Join(dir, tokenFile))
+	token, err := loadToken(dir)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", tokenFile, err)
+		return nil, err
 	}
-	token = bytes.TrimSpace(token)
-	if err := validateToken(token); err != nil {
-		return nil, fmt.Errorf("%s: %w", tokenFile, err)
-	}
-
-	for _, name := range []string{caKeyFile, tokenFile} {
-		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && fi.Mode().Perm()&0o077 != 0 {
-			log.Warn("secret file is accessible by group or others",
-				zap.String("path", filepath.Join(dir, name)), zap.Stringer("mode", fi.Mode().Perm()))
-		}
-	}
+	warnSecretModes(dir, log)
 	if org := root.Subject.Organization; len(org) != 1 || org[0] != trustDomain {
 		log.Warn("root organization differs from trust domain",
 			zap.Strings("root_organization", org), zap.String("trust_domain", trustDomain))
 	}
 	log.Info("state loaded",
 		zap.String("dir", dir),
+		zap.String("mode", string(ModeSelfSignedRoot)),
+		zap.String("root_subject", root.Subject.String()),
 		zap.String("root_serial", root.SerialNumber.Text(16)),
 		zap.Time("root_not_after", root.NotAfter))
 	return &state{signer: sg, rootPEM: rootPEM, token: token}, nil
+}
+
+// presence sorts names into those that exist in dir and those that do not.
+func presence(dir string, names ...string) (present, missing []string, err error) {
+	for _, name := range names {
+		_, err := os.Lstat(filepath.Join(dir, name))
+		switch {
+		case err == nil:
+			present = append(present, name)
+		case errors.Is(err, fs.ErrNotExist):
+			missing = append(missing, name)
+		default:
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return present, missing, nil
 }
 
 // parseCertPEM parses a file holding exactly one PEM certificate.
@@ -194,6 +205,39 @@ func parseKeyPEM(data []byte) (crypto.Signer, error) {
 	return key, nil
 }
 
+// newToken returns a random hex-encoded bearer token.
+func newToken() ([]byte, error) {
+	raw := make([]byte, tokenBytes)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, fmt.Errorf("generate token: %w", err)
+	}
+	return []byte(hex.EncodeToString(raw)), nil
+}
+
+// loadToken reads and checks dir/token.
+func loadToken(dir string) ([]byte, error) {
+	token, err := os.ReadFile(filepath.Join(dir, tokenFile))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tokenFile, err)
+	}
+	token = bytes.TrimSpace(token)
+	if err := validateToken(token); err != nil {
+		return nil, fmt.Errorf("%s: %w", tokenFile, err)
+	}
+	return token, nil
+}
+
+// warnSecretModes warns about a CA key or token that others than the
+// owner may read.
+func warnSecretModes(dir string, log *zap.Logger) {
+	for _, name := range []string{caKeyFile, tokenFile} {
+		if fi, err := os.Stat(filepath.Join(dir, name)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("secret file is accessible by group or others",
+				zap.String("path", filepath.Join(dir, name)), zap.Stringer("mode", fi.Mode().Perm()))
+		}
+	}
+}
+
 // validateToken checks that a token can travel in an HTTP header value.
 func validateToken(token []byte) error {
 	if len(token) == 0 {
@@ -210,10 +254,46 @@ func validateToken(token []byte) error {
 // writeFileAtomic writes data to dir/name through a temporary file in dir
 // that is synced and then renamed, so readers see the old content or the
 // new, never a partial file.
-func writeFileAtomic(dir, name string, data []byte, perm os.FileMode) (err error) {
+func writeFileAtomic(dir, name string, data []byte, perm os.FileMode) error {
+	tmp, err := writeTemp(dir, name, data, perm)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		_ = os.Remove(tmp) // the rename error is the one to report
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return syncDir(dir)
+}
+
+// writeFileNew is writeFileAtomic for a file that must not exist yet: the
+// complete temporary file is hard-linked to its name, which fails, leaving
+// the existing file alone, if the name is taken. The error then wraps
+// fs.ErrExist.
+func writeFileNew(dir, name string, data []byte, perm os.FileMode) error {
+	tmp, err := writeTemp(dir, name, data, perm)
+	if err != nil {
+		return err
+	}
+	linkErr := os.Link(tmp, filepath.Join(dir, name))
+	if err := os.Remove(tmp); err != nil && linkErr == nil {
+		return fmt.Errorf("write %s: remove temporary file: %w", name, err)
+	}
+	if errors.Is(linkErr, fs.ErrExist) {
+		return fmt.Errorf("write %s: %w; refusing to overwrite it", name, fs.ErrExist)
+	}
+	if linkErr != nil {
+		return fmt.Errorf("write %s: %w", name, linkErr)
+	}
+	return syncDir(dir)
+}
+
+// writeTemp writes data with mode perm to a synced temporary file in dir
+// named after name, and returns its path.
+func writeTemp(dir, name string, data []byte, perm os.FileMode) (_ string, err error) {
 	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		return "", fmt.Errorf("write %s: %w", name, err)
 	}
 	tmp := f.Name()
 	defer func() {
@@ -223,21 +303,18 @@ func writeFileAtomic(dir, name string, data []byte, perm os.FileMode) (err error
 		}
 	}()
 	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		return "", fmt.Errorf("write %s: %w", name, err)
 	}
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
+		return "", fmt.Errorf("write %s: %w", name, err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", name, err)
+		return "", fmt.Errorf("write %s: sync: %w", name, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: close: %w", name, err)
+		return "", fmt.Errorf("write %s: close: %w", name, err)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return syncDir(dir)
+	return tmp, nil
 }
 
 // syncDir makes a rename in dir durable.
