@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/internal/clock"
+	"github.com/sdsagent/sdsagent/internal/filewatch"
 	"github.com/sdsagent/sdsagent/internal/metrics"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
@@ -50,8 +53,20 @@ type Config struct {
 	TTL time.Duration
 	// GraceRatio and GraceJitter place renewal, see RenewTime.
 	GraceRatio, GraceJitter float64
-	// Signer is the CA.
+	// Signer is the CA. It is not used, and may be nil, with
+	// MountedCertDir.
 	Signer Signer
+	// MountedCertDir, when set, makes the workload certificate come from
+	// files instead of a CA: MountedCertChainFile and MountedKeyFile in
+	// it are served as "default", MountedRootCertFile as "ROOTCA", each
+	// read again when it changes. Nothing renews them.
+	MountedCertDir string
+	// FileDebounce and FileResync shape how file-backed secrets are
+	// watched (see filewatch.Config); zero means filewatch's defaults.
+	FileDebounce, FileResync time.Duration
+	// SystemRootFiles are the candidates for file-root:system, the
+	// first that exists being served. Default DefaultSystemRootFiles().
+	SystemRootFiles []string
 	// RetryInitial and RetryMax shape the exponential backoff between
 	// failed attempts.
 	RetryInitial, RetryMax time.Duration
@@ -67,9 +82,29 @@ type Config struct {
 	Metrics *metrics.Metrics
 }
 
+// Names of the mounted workload certificate files in
+// Config.MountedCertDir, as Istio's agent names them.
+const (
+	MountedCertChainFile = "cert-chain.pem"
+	MountedKeyFile       = "key.pem"
+	MountedRootCertFile  = "root-cert.pem"
+)
+
+// MountedCertsPresent reports whether dir holds the three mounted
+// workload certificate files.
+func MountedCertsPresent(dir string) bool {
+	for _, f := range []string{MountedCertChainFile, MountedKeyFile, MountedRootCertFile} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.IsDir() {
+			return false
+		}
+	}
+	return true
+}
+
 // Status describes the workload certificate's life for operators.
 type Status struct {
-	// Issued counts certificates obtained since start.
+	// Issued counts certificates obtained since start (from the CA, or
+	// read from the mounted files).
 	Issued int
 	// LastIssued is when the current certificate was obtained.
 	LastIssued time.Time
@@ -85,11 +120,15 @@ type Status struct {
 }
 
 // Manager obtains the workload certificate, renews it before it expires,
-// and publishes it as "default" with its roots as "ROOTCA".
+// and publishes it as "default" with its roots as "ROOTCA"; or, with
+// Config.MountedCertDir, serves them from files. It also serves the
+// file-backed names streams ask for (file-cert:, file-root:), told by
+// SetDemand.
 type Manager struct {
 	cfg   Config
 	log   *zap.Logger
 	store *Store
+	files *fileRegistry
 
 	mu     sync.Mutex
 	status Status
@@ -97,11 +136,18 @@ type Manager struct {
 
 // New returns a Manager. It starts nothing; call Run.
 func New(cfg Config) (*Manager, error) {
-	if cfg.ID.IsZero() {
+	mounted := cfg.MountedCertDir != ""
+	if cfg.ID.IsZero() && !mounted {
 		return nil, errors.New("cache: workload SPIFFE ID is required")
 	}
-	if cfg.Signer == nil {
-		return nil, errors.New("cache: signer is required")
+	if cfg.Signer == nil && !mounted {
+		return nil, errors.New("cache: signer is required (or a mounted certificate directory)")
+	}
+	if cfg.FileDebounce < 0 || cfg.FileResync < 0 {
+		return nil, errors.New("cache: file debounce and resync must not be negative")
+	}
+	if cfg.SystemRootFiles == nil {
+		cfg.SystemRootFiles = DefaultSystemRootFiles()
 	}
 	if cfg.KeyType == "" {
 		cfg.KeyType = pki.ECDSAP256
@@ -142,11 +188,35 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(nil)
 	}
-	return &Manager{
+	m := &Manager{
 		cfg:   cfg,
 		log:   cfg.Logger.Named("cache"),
 		store: NewStore(cfg.Clock),
-	}, nil
+	}
+	m.files = newFileRegistry(fileRegistryConfig{
+		store:        m.store,
+		clock:        cfg.Clock,
+		logger:       m.log,
+		metrics:      cfg.Metrics,
+		graceRatio:   cfg.GraceRatio,
+		wakeInterval: cfg.WakeInterval,
+		systemRoots:  cfg.SystemRootFiles,
+		watch: filewatch.Config{
+			Debounce: cfg.FileDebounce,
+			Resync:   cfg.FileResync,
+			Clock:    cfg.Clock,
+			Logger:   m.log,
+		},
+		loaded: m.fileLoaded,
+	})
+	if mounted {
+		m.files.addStatic(WorkloadCertName, fileSpec{kind: TLSCertificate,
+			cert: filepath.Join(cfg.MountedCertDir, MountedCertChainFile),
+			key:  filepath.Join(cfg.MountedCertDir, MountedKeyFile)})
+		m.files.addStatic(RootCertName, fileSpec{kind: ValidationContext,
+			ca: filepath.Join(cfg.MountedCertDir, MountedRootCertFile)})
+	}
+	return m, nil
 }
 
 // Snapshot returns the secrets published now.
@@ -155,13 +225,44 @@ func (m *Manager) Snapshot() *Snapshot { return m.store.Snapshot() }
 // Subscribe notifies of changes, see Store.Subscribe.
 func (m *Manager) Subscribe() (<-chan struct{}, func()) { return m.store.Subscribe() }
 
-// CheckName reports whether name is a resource the agent serves.
+// CheckName reports whether name is a resource the agent serves, now or
+// once its files exist: "default", "ROOTCA", or a well-formed file-backed
+// name. The error says what is wrong with a malformed one.
 func (m *Manager) CheckName(name string) error {
 	switch name {
 	case WorkloadCertName, RootCertName:
 		return nil
 	}
-	return fmt.Errorf("unknown resource name %q: this agent serves %q (workload certificate) and %q (trust roots)", name, WorkloadCertName, RootCertName)
+	if isFileName(name) {
+		_, err := parseFileName(name)
+		return err
+	}
+	return fmt.Errorf("unknown resource name %q: this agent serves %q (workload certificate), %q (trust roots), %s<cert-path>~<key-path>, %s<ca-path> and %s",
+		name, WorkloadCertName, RootCertName, FileCertPrefix, FileRootPrefix, SystemRootName)
+}
+
+// SetDemand tells the manager every resource name that SDS streams want
+// now. File-backed names new to the set are loaded and watched; those no
+// longer in it are dropped: unwatched and removed from the snapshot. It
+// does no I/O and is safe for concurrent use; calls must come in order
+// (the last one wins).
+func (m *Manager) SetDemand(names []string) { m.files.setDemand(names) }
+
+// NameErrors returns, for each wanted name that cannot be served now,
+// why: a malformed or unknown name, or the last error reading its files
+// (a missing file, a refused certificate). With MountedCertDir it also
+// holds "default" and "ROOTCA" while their files are refused.
+func (m *Manager) NameErrors() map[string]string {
+	errs, wanted := m.files.nameErrors()
+	for _, name := range wanted {
+		if _, ok := errs[name]; ok || isFileName(name) {
+			continue
+		}
+		if err := m.CheckName(name); err != nil {
+			errs[name] = err.Error()
+		}
+	}
+	return errs
 }
 
 // Status returns the workload certificate's status.
@@ -180,6 +281,13 @@ func (m *Manager) Ready() error {
 	if haveCert && haveRoots {
 		return nil
 	}
+	if m.cfg.MountedCertDir != "" {
+		name := WorkloadCertName
+		if haveCert {
+			name = RootCertName
+		}
+		return fmt.Errorf("no workload certificate yet: %s from %s: %w", name, m.cfg.MountedCertDir, m.files.notReady(name))
+	}
 	st := m.Status()
 	switch {
 	case st.LastError != "":
@@ -193,9 +301,61 @@ func (m *Manager) Ready() error {
 
 // Run obtains the first certificate and keeps renewing it until ctx ends.
 // It never gives up on a failing CA: it retries with exponential backoff
-// and keeps serving the last good certificate. It returns nil when ctx is
-// cancelled.
+// and keeps serving the last good certificate. With MountedCertDir it
+// reads the files instead and calls no CA. Meanwhile it loads, watches
+// and drops file-backed secrets as SetDemand asks. It returns nil when
+// ctx is cancelled.
 func (m *Manager) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	filesDone := make(chan struct{})
+	go func() {
+		defer close(filesDone)
+		m.files.run(ctx)
+	}()
+	if dir := m.cfg.MountedCertDir; dir != "" {
+		m.log.Info("serving the workload certificate from files; no CA is called",
+			zap.String("cert_dir", dir),
+			zap.String("cert_chain", filepath.Join(dir, MountedCertChainFile)),
+			zap.String("key", filepath.Join(dir, MountedKeyFile)),
+			zap.String("root_cert", filepath.Join(dir, MountedRootCertFile)))
+		<-ctx.Done()
+	} else {
+		m.renew(ctx)
+	}
+	cancel()
+	<-filesDone
+	return nil
+}
+
+// fileLoaded keeps Status for a mounted workload certificate.
+func (m *Manager) fileLoaded(name string, published bool, err error) {
+	if name != WorkloadCertName {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.cfg.Clock.Now()
+	m.status.LastAttempt = now
+	switch {
+	case err != nil:
+		m.status.LastError = err.Error()
+		m.status.Failures++
+	case published:
+		if m.status.Issued > 0 {
+			m.cfg.Metrics.Rotations.Inc()
+		}
+		m.status.Issued++
+		m.status.LastIssued = now
+		fallthrough
+	default:
+		m.status.LastError = ""
+		m.status.Failures = 0
+	}
+}
+
+// renew is the CA renewal loop of Run.
+func (m *Manager) renew(ctx context.Context) {
 	bo := &backoff.ExponentialBackOff{
 		InitialInterval:     m.cfg.RetryInitial,
 		RandomizationFactor: 0.5,
@@ -214,7 +374,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			sent := now
 			b, err := m.issue(ctx)
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
 			if err != nil {
 				wait := bo.NextBackOff()
@@ -244,7 +404,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil
+			return
 		case <-t.C():
 		}
 	}
@@ -346,13 +506,12 @@ func (m *Manager) sign(ctx context.Context) (*pki.Bundle, pki.PrivateKeyPEM, str
 }
 
 // publish makes secrets visible to subscribers and updates their expiry
-// metric.
+// metric, first, so that whoever sees the new snapshot sees its expiry.
 func (m *Manager) publish(secrets ...*Secret) {
-	for _, name := range m.store.Update(secrets, nil) {
-		if sec, ok := m.store.Snapshot().Get(name); ok {
-			m.cfg.Metrics.CertExpiryTimestamp.WithLabelValues(name).Set(float64(sec.NotAfter().Unix()))
-		}
+	for _, sec := range secrets {
+		m.cfg.Metrics.CertExpiryTimestamp.WithLabelValues(sec.Name).Set(float64(sec.NotAfter().Unix()))
 	}
+	m.store.Update(secrets, nil)
 }
 
 func (m *Manager) logFailure(err error, retryIn time.Duration) {

@@ -1,6 +1,8 @@
 // Package cache owns the secrets the agent serves: the workload identity
-// it renews from a CA and (later) file-backed secrets. It publishes
-// immutable snapshots to subscribers and knows nothing of protobuf or gRPC.
+// it renews from a CA (or reads from mounted files) and the file-backed
+// secrets streams ask for. It publishes immutable snapshots to
+// subscribers, and can write the workload identity to disk for other
+// tools (OutputWriter). It knows nothing of protobuf or gRPC.
 package cache
 
 import (

@@ -45,6 +45,7 @@ INFO
   --token-file "$dir/ca/token" \
   --socket "$socket" \
   --http-addr "$http_addr" \
+  --file-mounted-certs=false \
   --log-format console &
 agent_pid=$!
 trap 'kill -TERM "$agent_pid" 2>/dev/null' INT TERM

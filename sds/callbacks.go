@@ -183,6 +183,7 @@ func (c callbacks) close(key streamKey) {
 	if ok {
 		s.log.Debug("stream closed", zap.Int64("stream_id", st.id), zap.String("api", key.api),
 			zap.String("node_id", st.nodeID), zap.Duration("age", time.Since(st.openedAt)))
+		s.updateDemand()
 	}
 }
 
@@ -296,6 +297,7 @@ func (c callbacks) request(key streamKey, r request) error {
 	default:
 		s.log.Debug("request received", fields(zap.Strings("names", names))...)
 	}
+	s.updateDemand()
 	c.notify()
 	return nil
 }

@@ -101,6 +101,9 @@ type harnessOptions struct {
 	root *testpki.CA
 	// infoLogs logs at info instead of debug, as in production.
 	infoLogs bool
+	// source, if set, makes the server's source instead of testSource
+	// over the harness's store.
+	source func(*cache.Store) Source
 }
 
 func newHarness(t testing.TB) *harness {
@@ -138,9 +141,13 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 		issuer:  root.NewIntermediate(t, "test intermediate"),
 		served:  make(chan error, 1),
 	}
+	var src Source = testSource{h.store}
+	if opts.source != nil {
+		src = opts.source(h.store)
+	}
 	h.srv, err = New(Config{
 		SocketPath: h.socket,
-		Source:     testSource{h.store},
+		Source:     src,
 		Logger:     zap.New(zapcore.NewTee(core, jsonCore)),
 		Metrics:    h.metrics,
 	})

@@ -67,6 +67,16 @@ type Source interface {
 	CheckName(name string) error
 }
 
+// Demander is implemented by a Source that loads some secrets only while
+// a stream wants them (cache.Manager: file-cert: and file-root: names).
+// The server calls SetDemand with the sorted union of the names every
+// open stream asks for, whenever that union changes: one call at a time,
+// the last call carrying the current union, never while it holds the
+// lock that guards its streams. SetDemand must not block.
+type Demander interface {
+	SetDemand(names []string)
+}
+
 // Config configures a Server. Zero fields get defaults.
 type Config struct {
 	// SocketPath is where Run listens. Default DefaultSocketPath.
@@ -121,6 +131,10 @@ type Server struct {
 	// seen is the last *cache.Secret processed per name, served or
 	// rejected. Only the sync code of the running Serve touches it.
 	seen map[string]*cache.Secret
+
+	// demandMu orders SetDemand calls; demand is the last union sent.
+	demandMu sync.Mutex
+	demand   []string
 
 	mu      sync.Mutex
 	nextID  int64
@@ -277,6 +291,32 @@ func (s *Server) streamsLocked() []StreamInfo {
 	}
 	slices.SortFunc(out, func(a, b StreamInfo) int { return cmp.Compare(a.ID, b.ID) })
 	return out
+}
+
+// updateDemand tells a Demander source the union of the names open
+// streams want, if it changed since the last call. Holding demandMu while
+// reading the streams and calling SetDemand makes the last state change
+// the last one reported.
+func (s *Server) updateDemand() {
+	d, ok := s.cfg.Source.(Demander)
+	if !ok {
+		return
+	}
+	s.demandMu.Lock()
+	defer s.demandMu.Unlock()
+	s.mu.Lock()
+	var union []string
+	for _, st := range s.streams {
+		union = append(union, st.names...)
+	}
+	s.mu.Unlock()
+	slices.Sort(union)
+	union = slices.Compact(union)
+	if slices.Equal(union, s.demand) {
+		return
+	}
+	s.demand = union
+	d.SetDemand(slices.Clone(union))
 }
 
 // waitStreams blocks until cond holds for the open streams or ctx ends.

@@ -68,20 +68,29 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 
-	signer, err := caclient.New(caclient.Config{
-		Addr:         cfg.CAAddr,
-		RootCertFile: cfg.CARootCert,
-		ServerName:   cfg.CAServerName,
-		Plaintext:    cfg.CAPlaintext,
-		TokenFile:    cfg.TokenFile,
-		ClusterID:    cfg.ClusterID,
-		Timeout:      cfg.CATimeout,
-		Logger:       log,
-	})
-	if err != nil {
-		return err
+	// The workload certificate comes from mounted files or from the CA.
+	mountedDir, certSource := "", "ca"
+	if cfg.MountedCerts == config.MountedOn || (cfg.MountedCerts == config.MountedAuto && cache.MountedCertsPresent(cfg.CertDir)) {
+		mountedDir, certSource = cfg.CertDir, "files"
 	}
-	defer signer.Close()
+	var signer cache.Signer
+	if mountedDir == "" {
+		client, err := caclient.New(caclient.Config{
+			Addr:         cfg.CAAddr,
+			RootCertFile: cfg.CARootCert,
+			ServerName:   cfg.CAServerName,
+			Plaintext:    cfg.CAPlaintext,
+			TokenFile:    cfg.TokenFile,
+			ClusterID:    cfg.ClusterID,
+			Timeout:      cfg.CATimeout,
+			Logger:       log,
+		})
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		signer = client
+	}
 
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
@@ -93,6 +102,9 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		Clock:       clock.Real(),
 		Logger:      log,
 		Metrics:     m,
+		// Files: the mounted workload certificate, file-cert: and file-root:.
+		MountedCertDir: mountedDir,
+		FileResync:     cfg.FileResync,
 	})
 	if err != nil {
 		return err
@@ -108,15 +120,23 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	tasks := []func(context.Context) error{mgr.Run, srv.Run}
+	if cfg.OutputDir != "" {
+		out, err := cache.NewOutputWriter(cache.OutputConfig{Dir: cfg.OutputDir, Source: mgr, Logger: log})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, out.Run)
+	}
 	if cfg.HTTPAddr != "" {
 		dbg, err := debug.New(debug.Config{
-			Addr:     cfg.HTTPAddr,
-			Ready:    mgr.Ready,
-			Gatherer: reg,
-			Logger:   log,
-			Secrets:  mgr,
-			ToProto:  sds.ToProto,
-			Versions: srv.Versions,
+			Addr:       cfg.HTTPAddr,
+			Ready:      mgr.Ready,
+			Gatherer:   reg,
+			Logger:     log,
+			Secrets:    mgr,
+			ToProto:    sds.ToProto,
+			Versions:   srv.Versions,
+			NameErrors: mgr.NameErrors,
 			Streams: func() []debug.StreamInfo {
 				in := srv.Streams()
 				out := make([]debug.StreamInfo, len(in))
@@ -147,6 +167,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.String("key_type", string(cfg.KeyType)),
 		zap.Duration("secret_ttl", cfg.SecretTTL),
 	)
+	log.Info("workload certificate source", zap.String("source", certSource),
+		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))
 	err = runAll(ctx, tasks...)
 	if err != nil {
 		log.Error("agent stopped", zap.Error(err))

@@ -45,8 +45,26 @@ type Agent struct {
 	SecretTTL      time.Duration
 	GraceRatio     float64
 	GraceJitter    float64
+	MountedCerts   MountedCerts
+	CertDir        string
+	OutputDir      string
+	FileResync     time.Duration
 	Log            Log
 }
+
+// MountedCerts says whether the workload certificate comes from files in
+// CertDir instead of a CA (FILE_MOUNTED_CERTS).
+type MountedCerts string
+
+// Values of MountedCerts.
+const (
+	// MountedAuto uses the files when all three exist in CertDir at start.
+	MountedAuto MountedCerts = "auto"
+	// MountedOn always uses the files, waiting for them if missing.
+	MountedOn MountedCerts = "true"
+	// MountedOff always uses the CA.
+	MountedOff MountedCerts = "false"
+)
 
 // Log configures logging.
 type Log struct {
@@ -76,6 +94,10 @@ func AgentSettings() []Setting {
 		{"secret-ttl", "SECRET_TTL", "24h", "certificate lifetime requested from the CA"},
 		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", "0.5", "renew when this fraction of the lifetime remains (Istio's meaning)"},
 		{"grace-jitter", "SECRET_GRACE_PERIOD_RATIO_JITTER", "0.01", "up to this fraction of the lifetime is added at random to the grace period"},
+		{"file-mounted-certs", "FILE_MOUNTED_CERTS", "auto", "serve default and ROOTCA from cert-chain.pem, key.pem and root-cert.pem in --cert-dir instead of calling a CA: true, false, or auto (when all three files exist at start)"},
+		{"cert-dir", "SDSAGENT_CERT_DIR", "/etc/certs", "directory of the mounted workload certificate files"},
+		{"output-dir", "OUTPUT_CERTS", "", "after each issuance or rotation, write cert-chain.pem, key.pem (0600) and root-cert.pem here for proxyless clients (empty disables)"},
+		{"file-resync", "SDSAGENT_FILE_RESYNC", "30s", "re-read every watched certificate file this often, in case a file system event was lost"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
@@ -114,6 +136,10 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 		SecretTTL:      r.duration("secret-ttl"),
 		GraceRatio:     r.float("grace-ratio"),
 		GraceJitter:    r.float("grace-jitter"),
+		MountedCerts:   r.mountedCerts("file-mounted-certs"),
+		CertDir:        r.str("cert-dir"),
+		OutputDir:      r.str("output-dir"),
+		FileResync:     r.duration("file-resync"),
 		Log:            Log{Level: r.str("log-level"), Format: r.str("log-format")},
 	}
 	a.KeyType = r.keyType()
@@ -134,6 +160,12 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	}
 	if a.GraceJitter < 0 || a.GraceRatio+a.GraceJitter >= 1 {
 		return Agent{}, fmt.Errorf("--grace-jitter (SECRET_GRACE_PERIOD_RATIO_JITTER) must be >= 0 and grace ratio + jitter below 1, got %v", a.GraceJitter)
+	}
+	if a.MountedCerts != MountedOff && a.CertDir == "" {
+		return Agent{}, fmt.Errorf("--cert-dir (SDSAGENT_CERT_DIR) must not be empty unless --file-mounted-certs is false")
+	}
+	if a.FileResync <= 0 {
+		return Agent{}, fmt.Errorf("--file-resync (SDSAGENT_FILE_RESYNC) must be positive, got %s", a.FileResync)
 	}
 	if err := a.Log.validate(); err != nil {
 		return Agent{}, err
@@ -234,15 +266,42 @@ func PrintUsage(w io.Writer, usage string, settings []Setting) {
 	tw.Flush()
 }
 
-// register defines a string flag per setting; typed parsing happens in
-// resolver so that flags and env share one parser.
+// register defines a flag per setting that keeps the raw value; typed
+// parsing happens in resolver so that flags and env share one parser.
+// A setting whose default is true, false or auto is a boolean flag: given
+// alone (--ca-plaintext) it means true; other values need "=".
 func register(fs *flag.FlagSet, settings []Setting) map[string]*string {
 	vals := make(map[string]*string, len(settings))
 	for _, s := range settings {
-		vals[s.Flag] = fs.String(s.Flag, s.Default, s.Usage)
+		v := s.Default
+		vals[s.Flag] = &v
+		switch s.Default {
+		case "true", "false", string(MountedAuto):
+			fs.Var(boolString{&v}, s.Flag, s.Usage)
+		default:
+			fs.StringVar(&v, s.Flag, s.Default, s.Usage)
+		}
 	}
 	return vals
 }
+
+// boolString is a string flag.Value that may be given without a value.
+type boolString struct{ p *string }
+
+func (b boolString) String() string {
+	if b.p == nil {
+		return ""
+	}
+	return *b.p
+}
+
+func (b boolString) Set(v string) error {
+	*b.p = v
+	return nil
+}
+
+// IsBoolFlag lets the flag package accept the flag alone, as "true".
+func (boolString) IsBoolFlag() bool { return true }
 
 // resolver picks flag, then env, then default for each setting and
 // collects the first parse error.
@@ -336,6 +395,24 @@ func (r *resolver) float(name string) float64 {
 		r.fail(fmt.Errorf("%s: %q is not a number", from, v))
 	}
 	return f
+}
+
+// mountedCerts accepts "auto" and anything strconv.ParseBool does.
+func (r *resolver) mountedCerts(name string) MountedCerts {
+	v, from := r.source(name)
+	v = strings.TrimSpace(v)
+	if strings.EqualFold(v, string(MountedAuto)) {
+		return MountedAuto
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(fmt.Errorf("%s: %q is not true, false or auto", from, v))
+		return MountedAuto
+	}
+	if b {
+		return MountedOn
+	}
+	return MountedOff
 }
 
 func (r *resolver) mode(name string) os.FileMode {

@@ -25,7 +25,8 @@ func TestParseAgentDefaults(t *testing.T) {
 	}
 	if a.Socket != "/var/run/secrets/workload-spiffe-uds/socket" || a.HTTPAddr != "127.0.0.1:15020" ||
 		a.KeyType != pki.ECDSAP256 || a.SecretTTL != 24*time.Hour || a.GraceRatio != 0.5 || a.GraceJitter != 0.01 ||
-		a.TokenFile != "/var/run/secrets/tokens/istio-token" || a.SocketMode != 0o660 || a.TrustDomain != "cluster.local" {
+		a.TokenFile != "/var/run/secrets/tokens/istio-token" || a.SocketMode != 0o660 || a.TrustDomain != "cluster.local" ||
+		a.MountedCerts != MountedAuto || a.CertDir != "/etc/certs" || a.OutputDir != "" || a.FileResync != 30*time.Second {
 		t.Fatalf("defaults = %+v", a)
 	}
 }
@@ -49,6 +50,20 @@ func TestParseAgentEnvAndFlags(t *testing.T) {
 		{"istio RSA size", nil, env("WORKLOAD_RSA_KEY_SIZE", "4096"), func(a Agent) bool { return a.KeyType == pki.RSA4096 }},
 		{"--key-type wins over istio env", []string{"--key-type", "rsa-3072"}, env("ECC_SIGNATURE_ALGORITHM", "ECDSA"), func(a Agent) bool { return a.KeyType == pki.RSA3072 }},
 		{"socket mode", []string{"--socket-mode", "0600"}, env(), func(a Agent) bool { return a.SocketMode == 0o600 }},
+		{"istio FILE_MOUNTED_CERTS and OUTPUT_CERTS", nil, env("FILE_MOUNTED_CERTS", "true", "OUTPUT_CERTS", "/var/run/out", "SDSAGENT_CERT_DIR", "/mnt/certs"),
+			func(a Agent) bool {
+				return a.MountedCerts == MountedOn && a.OutputDir == "/var/run/out" && a.CertDir == "/mnt/certs"
+			}},
+		{"FILE_MOUNTED_CERTS false", nil, env("FILE_MOUNTED_CERTS", "false"), func(a Agent) bool { return a.MountedCerts == MountedOff }},
+		{"boolean flags alone mean true", []string{"--file-mounted-certs", "--ca-plaintext", "--cert-dir", "/d"}, env("FILE_MOUNTED_CERTS", "false"),
+			func(a Agent) bool { return a.MountedCerts == MountedOn && a.CAPlaintext && a.CertDir == "/d" }},
+		{"boolean flags with a value", []string{"--file-mounted-certs=false", "--release-startup-memory=false"}, env(),
+			func(a Agent) bool { return a.MountedCerts == MountedOff && !a.ReleaseMemory }},
+		{"file flags win over env", []string{"--file-mounted-certs=auto", "--cert-dir", "/flag", "--output-dir", "/out", "--file-resync", "45s"},
+			env("FILE_MOUNTED_CERTS", "false", "SDSAGENT_CERT_DIR", "/env", "OUTPUT_CERTS", "/env-out", "SDSAGENT_FILE_RESYNC", "1m"),
+			func(a Agent) bool {
+				return a.MountedCerts == MountedAuto && a.CertDir == "/flag" && a.OutputDir == "/out" && a.FileResync == 45*time.Second
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +93,9 @@ func TestParseAgentErrors(t *testing.T) {
 		{"bad log format", []string{"--log-format", "xml"}, env(), "log-format"},
 		{"bad socket mode", []string{"--socket-mode", "rw"}, env(), "socket-mode"},
 		{"no root without plaintext", []string{"--ca-root-cert", ""}, env(), "--ca-root-cert"},
+		{"bad FILE_MOUNTED_CERTS", nil, env("FILE_MOUNTED_CERTS", "maybe"), "FILE_MOUNTED_CERTS"},
+		{"mounted certs without dir", []string{"--file-mounted-certs", "true", "--cert-dir", ""}, env(), "--cert-dir"},
+		{"bad file resync", []string{"--file-resync", "0"}, env(), "--file-resync"},
 		{"unknown flag", []string{"--nope"}, env(), "nope"},
 		{"stray argument", []string{"extra"}, env(), "unexpected"},
 	}

@@ -71,6 +71,9 @@ type Config struct {
 	// Versions returns, per resource name, the version last applied to the
 	// SDS cache (sds.Server.Versions); nil leaves version_info empty.
 	Versions func() map[string]string
+	// NameErrors returns, per wanted resource name that cannot be served
+	// now, why (cache.Manager.NameErrors); nil leaves it out.
+	NameErrors func() map[string]string
 	// Streams returns the open SDS streams (sds.Server.Streams); nil
 	// leaves /debug/sds out.
 	Streams func() []StreamInfo

@@ -198,12 +198,15 @@ type sdsView struct {
 	// Versions is the version of each served resource; a stream whose
 	// acked_version is at least that has received it.
 	Versions map[string]string `json:"versions"`
+	// NameErrors says, per wanted name that cannot be served now, why:
+	// a malformed name, a missing or refused file.
+	NameErrors map[string]string `json:"name_errors"`
 }
 
 func (s *Server) sdsState() sdsView {
 	streams := slices.Clone(s.cfg.Streams())
 	slices.SortFunc(streams, func(a, b StreamInfo) int { return cmp.Compare(a.ID, b.ID) })
-	view := sdsView{Streams: make([]StreamInfo, 0, len(streams)), UnknownNames: []string{}, Versions: map[string]string{}}
+	view := sdsView{Streams: make([]StreamInfo, 0, len(streams)), UnknownNames: []string{}, Versions: map[string]string{}, NameErrors: map[string]string{}}
 	for _, st := range streams {
 		st.Names = nonNil(st.Names)
 		st.UnknownNames = nonNil(st.UnknownNames)
@@ -215,6 +218,11 @@ func (s *Server) sdsState() sdsView {
 	if s.cfg.Versions != nil {
 		for name, v := range s.cfg.Versions() {
 			view.Versions[name] = v
+		}
+	}
+	if s.cfg.NameErrors != nil {
+		for name, e := range s.cfg.NameErrors() {
+			view.NameErrors[name] = e
 		}
 	}
 	return view

@@ -271,7 +271,8 @@ func TestSDSView(t *testing.T) {
 		{ID: 3, API: "sotw", NodeID: "sidecar~10.0.0.1~a", Names: []string{"ROOTCA", "bar", "foo"}, UnknownNames: []string{"foo", "bar"}, AckedVersion: "v2", OpenedAt: opened},
 		{ID: 9, API: "sotw", NodeID: "n"},
 	}
-	s := newServer(t, Config{Streams: func() []StreamInfo { return streams }, Versions: fakeVersions})
+	nameErrors := map[string]string{"file-cert:/missing.pem~/k.pem": "file /missing.pem: missing"}
+	s := newServer(t, Config{Streams: func() []StreamInfo { return streams }, Versions: fakeVersions, NameErrors: func() map[string]string { return nameErrors }})
 	code, body, ctype := get(t, newClient(t), serveLoopback(t, s)+"/debug/sds")
 	if code != http.StatusOK || ctype != "application/json" {
 		t.Fatalf("/debug/sds = %d %q %s", code, ctype, body)
@@ -280,8 +281,11 @@ func TestSDSView(t *testing.T) {
 	if err := json.Unmarshal(body, &doc); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := keys(doc), []string{"streams", "unknown_names", "versions"}; !slices.Equal(got, want) {
+	if got, want := keys(doc), []string{"name_errors", "streams", "unknown_names", "versions"}; !slices.Equal(got, want) {
 		t.Errorf("top-level keys = %v, want %v", got, want)
+	}
+	if !equalJSON(doc["name_errors"], nameErrors) {
+		t.Errorf("name_errors = %v, want %v", doc["name_errors"], nameErrors)
 	}
 	if !equalJSON(doc["unknown_names"], []string{"bar", "foo"}) {
 		t.Errorf("unknown_names = %v, want [bar foo]", doc["unknown_names"])
