@@ -187,7 +187,7 @@ type CA struct {
 func CASettings() []Setting {
 	return []Setting{
 		{"listen", "SDSAGENT_CA_LISTEN", "127.0.0.1:15012", "address the CA serves gRPC over TLS on"},
-		{"dir", "SDSAGENT_CA_DIR", "", "state directory: root-cert.pem, ca-key.pem and token are created here on first start (required)"},
+		{"dir", "SDSAGENT_CA_DIR", "", "state directory: with Istio's plugged-in files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) the CA signs as that intermediate; otherwise a self-signed root-cert.pem and ca-key.pem are created on first start; token is created if missing (required)"},
 		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "the only trust domain the CA signs"},
 		{"max-ttl", "SDSAGENT_CA_MAX_TTL", "24h", "longest certificate lifetime the CA grants; longer requests are refused"},
 		{"server-names", "SDSAGENT_CA_SERVER_NAMES", "", "extra comma-separated DNS names or IPs for the CA's serving certificate"},

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,7 +140,7 @@ func TestREADMEDocumentsEverySetting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range append(AgentSettings(), CASettings()...) {
+	for _, s := range slices.Concat(AgentSettings(), CASettings(), CAInitRootSettings(), CAInitIntermediateSettings()) {
 		if !strings.Contains(string(readme), "`--"+s.Flag+"`") {
 			t.Errorf("README does not document --%s", s.Flag)
 		}
