@@ -152,6 +152,17 @@ func loadRoots(name, path string) (*Secret, [sha256.Size]byte, error) {
 	return rootsSecret(name, path, certs), digest, nil
 }
 
+// loadRootsOrNone is loadRoots, except that a file holding only white
+// space is no certificates rather than an error: it is how an operator
+// empties the trust anchors file. A missing file is still refused.
+func loadRootsOrNone(name, path string) (*Secret, [sha256.Size]byte, error) {
+	data, err := os.ReadFile(path)
+	if err == nil && len(bytes.TrimSpace(data)) == 0 {
+		return &Secret{Name: name, Kind: ValidationContext, Source: path}, sha256.Sum256(data), nil
+	}
+	return loadRoots(name, path)
+}
+
 // loadSystemRoots reads the first of candidates that exists. The OS
 // bundle is read leniently, as crypto/x509 reads it: blocks that are not
 // certificates or do not parse (distributions ship a few that Go refuses)

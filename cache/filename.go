@@ -26,6 +26,9 @@ type fileSpec struct {
 	// ValidationContext; system means the OS bundle.
 	cert, key, ca string
 	system        bool
+	// allowEmpty takes a ca file holding only white space as no
+	// certificates rather than refusing it (the trust anchors file).
+	allowEmpty bool
 }
 
 // isFileName reports whether name asks for a file-backed resource,

@@ -26,6 +26,10 @@ import (
 // filewatch); a change is validated and published, a refused change is
 // logged and counted while the last good secret stays served.
 //
+// Some static entries are not served under their own name but feed the
+// trust roots (a sink): the mounted root-cert.pem, the trust anchors and
+// trust bundle files, and the CA's root file.
+//
 // One goroutine (run) reads files and owns the watcher; setDemand and the
 // readers take mu briefly and never do I/O.
 type fileRegistry struct {
@@ -57,9 +61,17 @@ type fileRegistry struct {
 type fileEntry struct {
 	name string
 	spec fileSpec
-	// static entries (the mounted workload certificate) are served
-	// whatever streams want.
+	// static entries (the mounted workload certificate, the trust files)
+	// are kept whatever streams want.
 	static bool
+	// sink, when set, receives each newly loaded content instead of the
+	// store (initial: it is the entry's first load attempt); last is that
+	// content. The sink runs on the registry's goroutine, outside mu.
+	sink func(sec *Secret, initial bool)
+	last *Secret
+	// role names a trust file that is no resource (roleAnchors,
+	// roleBundle, roleCARoot) for logs; trustDomain is a bundle's.
+	role, trustDomain string
 	// loaded is set after the first load attempt.
 	loaded bool
 	// digest is of the bytes last validated, good or bad, when they could
@@ -110,12 +122,26 @@ func newFileRegistry(cfg fileRegistryConfig) *fileRegistry {
 	}
 }
 
+// Roles of the trust files, the "role" key of their log lines.
+const (
+	roleAnchors = "trust_anchors"
+	roleBundle  = "trust_bundle"
+	roleCARoot  = "ca_root_cert"
+)
+
 // addStatic serves spec under name whatever streams want. It is called
 // before run starts.
 func (r *fileRegistry) addStatic(name string, spec fileSpec) {
+	r.addEntry(&fileEntry{name: name, spec: spec})
+}
+
+// addEntry adds a static entry, e.g. one with a sink. It is called before
+// run starts.
+func (r *fileRegistry) addEntry(e *fileEntry) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.entries[name] = &fileEntry{name: name, spec: spec, static: true}
+	e.static = true
+	r.entries[e.name] = e
 }
 
 // setDemand makes the file-backed names among names the ones served:
@@ -181,7 +207,7 @@ func (r *fileRegistry) nameErrors() (map[string]string, []string) {
 	defer r.mu.Unlock()
 	out := maps.Clone(r.nameErrs)
 	for name, e := range r.entries {
-		if e.err != nil {
+		if e.err != nil && e.role == "" {
 			out[name] = e.err.Error()
 		}
 	}
@@ -313,6 +339,8 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 			sec, digest, err = loadSystemRoots(e.name, r.systemRoots)
 		case e.spec.kind == TLSCertificate:
 			sec, digest, err = loadKeyPair(e.name, e.spec.cert, e.spec.key, r.clock.Now())
+		case e.spec.allowEmpty:
+			sec, digest, err = loadRootsOrNone(e.name, e.spec.ca)
 		default:
 			sec, digest, err = loadRoots(e.name, e.spec.ca)
 		}
@@ -321,10 +349,11 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 	}
 }
 
-// apply records the outcome of loading e and publishes a good secret.
-// Status (the loaded hook) and the expiry metric are updated before the
-// snapshot, so whoever sees the new snapshot sees them too; the hook runs
-// under r.mu (lock order: fileRegistry.mu, then Manager.mu).
+// apply records the outcome of loading e and publishes a good secret, or
+// hands it to the entry's sink. Status (the loaded hook) and the expiry
+// metric are updated before the snapshot, so whoever sees the new
+// snapshot sees them too; the hook runs under r.mu (lock order:
+// fileRegistry.mu, then Manager.mu).
 func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte, read bool, err error) {
 	r.mu.Lock()
 	if r.entries[e.name] != e {
@@ -332,6 +361,7 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		r.mu.Unlock()
 		return
 	}
+	initial := !e.loaded
 	e.loaded = true
 	if read && e.hasDigest && e.digest == digest {
 		r.mu.Unlock()
@@ -340,7 +370,7 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 	e.digest, e.hasDigest = digest, read
 	prevErr := e.err
 	e.err = err
-	serving, _ := r.store.Snapshot().Get(e.name)
+	serving := r.servedLocked(e, r.store.Snapshot())
 	var published, report bool
 	switch {
 	case err != nil:
@@ -353,13 +383,24 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		r.loaded(e.name, published, err)
 	}
 	if published {
-		r.metrics.CertExpiryTimestamp.WithLabelValues(e.name).Set(float64(sec.NotAfter().Unix()))
-		r.store.Update([]*Secret{sec}, nil)
+		if e.sink != nil {
+			e.last = sec
+		} else {
+			r.metrics.CertExpiryTimestamp.WithLabelValues(e.name).Set(float64(sec.NotAfter().Unix()))
+			r.store.Update([]*Secret{sec}, nil)
+		}
 		serving = sec
 	}
-	static := e.static
+	static, sink := e.static, e.sink
 	r.mu.Unlock()
 
+	if published && sink != nil {
+		sink(sec, initial)
+	}
+	if e.role != "" {
+		r.logTrustFile(e, report, published, serving, err)
+		return
+	}
 	switch {
 	case !report:
 	case err != nil:
@@ -370,6 +411,55 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		r.log.Info("file secret loaded", fields...)
 	default:
 		r.log.Info("file secret valid again; content unchanged", zap.String("resource", e.name), zap.String("file", serving.Source))
+	}
+}
+
+// servedLocked returns what e serves now: its sink's last content, or
+// its secret in snap.
+func (r *fileRegistry) servedLocked(e *fileEntry, snap *Snapshot) *Secret {
+	if e.sink != nil {
+		return e.last
+	}
+	sec, _ := snap.Get(e.name)
+	return sec
+}
+
+// logTrustFile logs the outcome of loading a trust file (an entry with a
+// role), and counts a refusal.
+func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, serving *Secret, err error) {
+	if !report {
+		return
+	}
+	fields := []zap.Field{zap.String("role", e.role)}
+	if e.trustDomain != "" {
+		fields = append(fields, zap.String("trust_domain", e.trustDomain))
+	}
+	switch {
+	case err != nil:
+		reason := FileUnreadable
+		var fe *FileError
+		if errors.As(err, &fe) {
+			reason = fe.Reason
+			fields = append(fields, zap.String("file", fe.Path), zap.String("reason", fe.Reason), zap.String("error", fe.Err.Error()), zap.String("hint", fe.Hint()))
+		} else {
+			fields = append(fields, zap.String("file", e.spec.ca), zap.String("reason", reason), zap.Error(err))
+		}
+		r.metrics.FileErrors.WithLabelValues(reason).Inc()
+		switch {
+		case serving != nil:
+			r.log.Warn("trust file refused; keeping its previous content", fields...)
+		case e.role == roleCARoot:
+			// The CA client says what this means for the CA connection.
+			r.log.Warn("trust file refused; nothing loaded from it yet", fields...)
+		default:
+			r.log.Error("trust file refused; nothing loaded from it yet", fields...)
+		}
+	case published:
+		fields = append(fields, zap.String("file", serving.Source), zap.Int("certificates", len(serving.Certs)))
+		r.log.Info("trust file loaded", fields...)
+	default:
+		fields = append(fields, zap.String("file", serving.Source))
+		r.log.Info("trust file valid again; content unchanged", fields...)
 	}
 }
 
@@ -409,8 +499,8 @@ func (r *fileRegistry) checkExpiry() {
 	var warnings []warning
 	r.mu.Lock()
 	for name, e := range r.entries {
-		sec, ok := snap.Get(name)
-		if !ok || e.spec.system {
+		sec := r.servedLocked(e, snap)
+		if sec == nil || e.spec.system || e.role != "" {
 			continue
 		}
 		if e.warned != sec {
@@ -445,9 +535,9 @@ func (r *fileRegistry) nextExpiryCheck() (time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var next time.Time
-	for name, e := range r.entries {
-		sec, ok := snap.Get(name)
-		if !ok || e.spec.system || e.warned != sec {
+	for _, e := range r.entries {
+		sec := r.servedLocked(e, snap)
+		if sec == nil || e.spec.system || e.role != "" || e.warned != sec {
 			continue
 		}
 		var at time.Time

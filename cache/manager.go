@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,11 @@ const (
 	// DefaultWakeInterval bounds how long the renewal loop sleeps before it
 	// looks at the wall clock again; timers stop while a host is suspended.
 	DefaultWakeInterval = time.Minute
+	// TrustRenewMinInterval is the least time between two renewals caused
+	// by changes of Config.CARootCertFile: a file rewritten again and
+	// again must not make the agent hammer its CA, while one change (the
+	// usual case) renews at once.
+	TrustRenewMinInterval = 10 * time.Second
 )
 
 // Config configures a Manager.
@@ -61,6 +67,29 @@ type Config struct {
 	// it are served as "default", MountedRootCertFile as "ROOTCA", each
 	// read again when it changes. Nothing renews them.
 	MountedCertDir string
+	// CARootCertFile holds the roots that verify the CA's TLS certificate.
+	// When its content changes the workload certificate is renewed at
+	// once (see TrustRenewTime): during a root rotation it is where the
+	// new root shows up. Empty: not watched.
+	CARootCertFile string
+	// TrustAnchorsFile, when set, is a PEM file of roots that ROOTCA
+	// carries after the CA's own (see the trust roots order in the
+	// README). It is watched; a file of only white space means none; a
+	// broken one is refused, logged, and the previous anchors stay.
+	TrustAnchorsFile string
+	// RootOverlap is how long a root the CA no longer signs under stays in
+	// ROOTCA, counted from the first chain that ended in another root.
+	// Default TTL: by then every certificate a peer got under the old root
+	// has expired.
+	RootOverlap time.Duration
+	// SPIFFEValidator serves ROOTCA in the form of Envoy's SPIFFE
+	// certificate validator (one bundle per trust domain) instead of
+	// trusted_ca. ALL always has that form.
+	SPIFFEValidator bool
+	// TrustBundleFiles are the roots of federated trust domains, each
+	// served as its own bundle in the SPIFFE form; watched like
+	// TrustAnchorsFile, but an empty file is refused.
+	TrustBundleFiles []TrustBundleFile
 	// FileDebounce and FileResync shape how file-backed secrets are
 	// watched (see filewatch.Config); zero means filewatch's defaults.
 	FileDebounce, FileResync time.Duration
@@ -80,6 +109,13 @@ type Config struct {
 	Clock   clock.Clock
 	Logger  *zap.Logger
 	Metrics *metrics.Metrics
+}
+
+// TrustBundleFile is a PEM file of the roots of a federated SPIFFE trust
+// domain.
+type TrustBundleFile struct {
+	TrustDomain string
+	Path        string
 }
 
 // Names of the mounted workload certificate files in
@@ -120,15 +156,21 @@ type Status struct {
 }
 
 // Manager obtains the workload certificate, renews it before it expires,
-// and publishes it as "default" with its roots as "ROOTCA"; or, with
-// Config.MountedCertDir, serves them from files. It also serves the
-// file-backed names streams ask for (file-cert:, file-root:), told by
-// SetDemand.
+// and publishes it as "default" with its trust roots as "ROOTCA"; or,
+// with Config.MountedCertDir, serves them from files. ROOTCA holds the
+// roots the chain ends in, roots the CA moved away from until their
+// overlap ends, and the trust anchors; ALL (and ROOTCA with
+// SPIFFEValidator) add the federated trust bundles. It also serves the
+// file-backed names streams ask for (file-cert:, file-root:, ALL), told
+// by SetDemand.
 type Manager struct {
 	cfg   Config
 	log   *zap.Logger
 	store *Store
 	files *fileRegistry
+	trust *trust
+	// caRootChanged wakes the renewal loop when CARootCertFile changed.
+	caRootChanged chan struct{}
 
 	mu     sync.Mutex
 	status Status
@@ -188,11 +230,30 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(nil)
 	}
-	m := &Manager{
-		cfg:   cfg,
-		log:   cfg.Logger.Named("cache"),
-		store: NewStore(cfg.Clock),
+	if cfg.RootOverlap < 0 {
+		return nil, fmt.Errorf("cache: root overlap %s must not be negative", cfg.RootOverlap)
 	}
+	if cfg.RootOverlap == 0 {
+		cfg.RootOverlap = cfg.TTL
+	}
+	if err := checkTrustBundles(cfg); err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg:           cfg,
+		log:           cfg.Logger.Named("cache"),
+		store:         NewStore(cfg.Clock),
+		caRootChanged: make(chan struct{}, 1),
+	}
+	m.trust = newTrust(trustConfig{
+		store:       m.store,
+		clock:       cfg.Clock,
+		logger:      m.log,
+		metrics:     cfg.Metrics,
+		trustDomain: cfg.ID.TrustDomain(),
+		overlap:     cfg.RootOverlap,
+		spiffe:      cfg.SPIFFEValidator,
+	})
 	m.files = newFileRegistry(fileRegistryConfig{
 		store:        m.store,
 		clock:        cfg.Clock,
@@ -213,10 +274,50 @@ func New(cfg Config) (*Manager, error) {
 		m.files.addStatic(WorkloadCertName, fileSpec{kind: TLSCertificate,
 			cert: filepath.Join(cfg.MountedCertDir, MountedCertChainFile),
 			key:  filepath.Join(cfg.MountedCertDir, MountedKeyFile)})
-		m.files.addStatic(RootCertName, fileSpec{kind: ValidationContext,
-			ca: filepath.Join(cfg.MountedCertDir, MountedRootCertFile)})
+		m.files.addEntry(&fileEntry{name: RootCertName,
+			spec: fileSpec{kind: ValidationContext, ca: filepath.Join(cfg.MountedCertDir, MountedRootCertFile)},
+			sink: func(sec *Secret, _ bool) { m.trust.setPrimary(sec.Certs, sec.Source, false) }})
+	} else if cfg.CARootCertFile != "" {
+		m.files.addEntry(&fileEntry{name: "ca-root-cert", role: roleCARoot,
+			spec: fileSpec{kind: ValidationContext, ca: cfg.CARootCertFile},
+			sink: m.caRootFileChanged})
+	}
+	if cfg.TrustAnchorsFile != "" {
+		m.files.addEntry(&fileEntry{name: "trust-anchors", role: roleAnchors,
+			spec: fileSpec{kind: ValidationContext, ca: cfg.TrustAnchorsFile, allowEmpty: true},
+			sink: func(sec *Secret, _ bool) { m.trust.setAnchors(sec.Certs) }})
+	}
+	for _, b := range cfg.TrustBundleFiles {
+		td := b.TrustDomain
+		m.files.addEntry(&fileEntry{name: "trust-bundle:" + td, role: roleBundle, trustDomain: td,
+			spec: fileSpec{kind: ValidationContext, ca: b.Path},
+			sink: func(sec *Secret, _ bool) { m.trust.setBundle(td, sec.Certs) }})
 	}
 	return m, nil
+}
+
+// checkTrustBundles refuses trust bundle files the SPIFFE form cannot
+// serve.
+func checkTrustBundles(cfg Config) error {
+	if (cfg.SPIFFEValidator || len(cfg.TrustBundleFiles) > 0) && cfg.ID.IsZero() {
+		return errors.New("cache: SPIFFE trust bundles need the workload SPIFFE ID, for its trust domain")
+	}
+	seen := map[string]bool{}
+	for _, b := range cfg.TrustBundleFiles {
+		switch {
+		case b.Path == "":
+			return fmt.Errorf("cache: trust bundle of %q: empty path", b.TrustDomain)
+		case b.TrustDomain == cfg.ID.TrustDomain():
+			return fmt.Errorf("cache: trust bundle of %q: that is the workload's own trust domain; add extra roots for it with the trust anchors file", b.TrustDomain)
+		case seen[b.TrustDomain]:
+			return fmt.Errorf("cache: trust bundle of %q given twice", b.TrustDomain)
+		}
+		if err := pki.CheckTrustDomain(b.TrustDomain); err != nil {
+			return fmt.Errorf("cache: trust bundle: %w", err)
+		}
+		seen[b.TrustDomain] = true
+	}
+	return nil
 }
 
 // Snapshot returns the secrets published now.
@@ -230,23 +331,26 @@ func (m *Manager) Subscribe() (<-chan struct{}, func()) { return m.store.Subscri
 // name. The error says what is wrong with a malformed one.
 func (m *Manager) CheckName(name string) error {
 	switch name {
-	case WorkloadCertName, RootCertName:
+	case WorkloadCertName, RootCertName, AllBundlesName:
 		return nil
 	}
 	if isFileName(name) {
 		_, err := parseFileName(name)
 		return err
 	}
-	return fmt.Errorf("unknown resource name %q: this agent serves %q (workload certificate), %q (trust roots), %s<cert-path>~<key-path>, %s<ca-path> and %s",
-		name, WorkloadCertName, RootCertName, FileCertPrefix, FileRootPrefix, SystemRootName)
+	return fmt.Errorf("unknown resource name %q: this agent serves %q (workload certificate), %q (trust roots), %q (SPIFFE trust bundles), %s<cert-path>~<key-path>, %s<ca-path> and %s",
+		name, WorkloadCertName, RootCertName, AllBundlesName, FileCertPrefix, FileRootPrefix, SystemRootName)
 }
 
 // SetDemand tells the manager every resource name that SDS streams want
 // now. File-backed names new to the set are loaded and watched; those no
-// longer in it are dropped: unwatched and removed from the snapshot. It
-// does no I/O and is safe for concurrent use; calls must come in order
-// (the last one wins).
-func (m *Manager) SetDemand(names []string) { m.files.setDemand(names) }
+// longer in it are dropped: unwatched and removed from the snapshot; ALL
+// is published while it is in the set. It does no I/O and is safe for
+// concurrent use; calls must come in order (the last one wins).
+func (m *Manager) SetDemand(names []string) {
+	m.files.setDemand(names)
+	m.trust.setWantAll(slices.Contains(names, AllBundlesName))
+}
 
 // NameErrors returns, for each wanted name that cannot be served now,
 // why: a malformed or unknown name, or the last error reading its files
@@ -303,8 +407,9 @@ func (m *Manager) Ready() error {
 // It never gives up on a failing CA: it retries with exponential backoff
 // and keeps serving the last good certificate. With MountedCertDir it
 // reads the files instead and calls no CA. Meanwhile it loads, watches
-// and drops file-backed secrets as SetDemand asks. It returns nil when
-// ctx is cancelled.
+// and drops file-backed secrets as SetDemand asks, watches the trust
+// files, drops retiring roots when their overlap ends, and renews at once
+// when CARootCertFile changes. It returns nil when ctx is cancelled.
 func (m *Manager) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -367,10 +472,20 @@ func (m *Manager) renew(ctx context.Context) {
 	}
 	bo.Reset()
 
-	var renewAt time.Time // zero: issue now
+	var (
+		renewAt time.Time // zero: issue now
+		// lastTrustRenewal is when a change of the CA root file last
+		// caused a renewal; trustDue marks renewAt as such a renewal.
+		lastTrustRenewal time.Time
+		trustDue         bool
+	)
 	for {
 		now := m.cfg.Clock.Now()
+		m.trust.expire(now)
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
+			if trustDue {
+				lastTrustRenewal, trustDue = now, false
+			}
 			sent := now
 			b, err := m.issue(ctx)
 			if ctx.Err() != nil {
@@ -391,12 +506,14 @@ func (m *Manager) renew(ctx context.Context) {
 				}
 				renewAt = RenewTime(start, b.Leaf.NotAfter, m.cfg.GraceRatio, m.cfg.GraceJitter, m.cfg.Rand())
 			}
-			m.mu.Lock()
-			m.status.NextRenewal = renewAt
-			m.mu.Unlock()
+			m.setNextRenewal(renewAt)
 			continue
 		}
-		wait := renewAt.Round(0).Sub(now.Round(0))
+		wakeAt := renewAt
+		if at, ok := m.trust.nextRetirement(); ok && at.Before(wakeAt) {
+			wakeAt = at
+		}
+		wait := wakeAt.Round(0).Sub(now.Round(0))
 		if wait > m.cfg.WakeInterval {
 			wait = m.cfg.WakeInterval
 		}
@@ -406,7 +523,35 @@ func (m *Manager) renew(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C():
+		case <-m.caRootChanged:
+			t.Stop()
+			now := m.cfg.Clock.Now()
+			at := TrustRenewTime(now, lastTrustRenewal, TrustRenewMinInterval)
+			if at.Before(renewAt) {
+				renewAt, trustDue = at, true
+				m.setNextRenewal(renewAt)
+			}
+			m.log.Info("ca root file changed; renewing the workload certificate",
+				zap.String("file", m.cfg.CARootCertFile), zap.Time("renew_at", renewAt))
 		}
+	}
+}
+
+func (m *Manager) setNextRenewal(at time.Time) {
+	m.mu.Lock()
+	m.status.NextRenewal = at
+	m.mu.Unlock()
+}
+
+// caRootFileChanged is the sink of CARootCertFile: a change after the
+// first read wakes the renewal loop.
+func (m *Manager) caRootFileChanged(_ *Secret, initial bool) {
+	if initial {
+		return
+	}
+	select {
+	case m.caRootChanged <- struct{}{}:
+	default:
 	}
 }
 
@@ -442,23 +587,17 @@ func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
 	if hadCert {
 		m.cfg.Metrics.Rotations.Inc()
 	}
-	m.publish(
-		&Secret{
-			Name:          WorkloadCertName,
-			Kind:          TLSCertificate,
-			CertChainPEM:  b.ChainPEM,
-			PrivateKeyPEM: key,
-			Certs:         append([]*x509.Certificate{b.Leaf}, b.Intermediates...),
-			Source:        "ca",
-		},
-		&Secret{
-			Name:         RootCertName,
-			Kind:         ValidationContext,
-			TrustedCAPEM: b.RootsPEM,
-			Certs:        b.Roots,
-			Source:       "ca",
-		},
-	)
+	// The chain and the roots it ends in, in one snapshot: ROOTCA always
+	// trusts the served chain's root. The expiry metric is set first, so
+	// whoever sees the new snapshot sees it.
+	m.trust.setPrimary(b.Roots, "ca", true, &Secret{
+		Name:          WorkloadCertName,
+		Kind:          TLSCertificate,
+		CertChainPEM:  b.ChainPEM,
+		PrivateKeyPEM: key,
+		Certs:         append([]*x509.Certificate{b.Leaf}, b.Intermediates...),
+		Source:        "ca",
+	})
 
 	msg := "workload certificate issued"
 	if hadCert {
@@ -503,15 +642,6 @@ func (m *Manager) sign(ctx context.Context) (*pki.Bundle, pki.PrivateKeyPEM, str
 		return nil, nil, metrics.ResultVerifyFailed, fmt.Errorf("CA answer refused: %w", err)
 	}
 	return b, keyPEM, metrics.ResultSuccess, nil
-}
-
-// publish makes secrets visible to subscribers and updates their expiry
-// metric, first, so that whoever sees the new snapshot sees its expiry.
-func (m *Manager) publish(secrets ...*Secret) {
-	for _, sec := range secrets {
-		m.cfg.Metrics.CertExpiryTimestamp.WithLabelValues(sec.Name).Set(float64(sec.NotAfter().Unix()))
-	}
-	m.store.Update(secrets, nil)
 }
 
 func (m *Manager) logFailure(err error, retryIn time.Duration) {

@@ -49,6 +49,19 @@ type fakeCA struct {
 	mu     sync.Mutex
 	script []answer // consumed one per call; empty means sign normally
 	ttls   []time.Duration
+	// issuer signs when set (an intermediate: its chain up to its root
+	// follows the leaf); backdate is how far NotBefore goes back, 10s
+	// when zero.
+	issuer   *testpki.CA
+	backdate time.Duration
+}
+
+// use makes issuer sign from the next CSR on, as a CA switched to another
+// (intermediate) CA does.
+func (f *fakeCA) use(issuer *testpki.CA) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.issuer = issuer
 }
 
 func newFakeCA(t testing.TB, clk *clocktest.Fake) *fakeCA {
@@ -90,10 +103,25 @@ func hang(ctx context.Context, _ testing.TB, ca *fakeCA, _ *x509.CertificateRequ
 	return nil, ctx.Err()
 }
 
+// signNormally signs with the issuer (default the root) and answers as an
+// Istio CA: leaf, then every CA certificate up to the root.
 func signNormally(_ context.Context, t testing.TB, ca *fakeCA, csr *x509.CertificateRequest, ttl time.Duration) ([]string, error) {
+	ca.mu.Lock()
+	issuer, backdate := ca.issuer, ca.backdate
+	ca.mu.Unlock()
+	if issuer == nil {
+		issuer = ca.root
+	}
+	if backdate == 0 {
+		backdate = 10 * time.Second
+	}
 	now := ca.clock.Now()
-	leaf := ca.root.SignCSR(t, csr, now.Add(-10*time.Second), now.Add(ttl))
-	return []string{string(testpki.EncodeCert(leaf.Raw)), string(ca.root.CertPEM)}, nil
+	leaf := issuer.SignCSR(t, csr, now.Add(-backdate), now.Add(ttl))
+	chain := []string{string(testpki.EncodeCert(leaf.Raw))}
+	for c := issuer; c != nil; c = c.Parent {
+		chain = append(chain, string(c.CertPEM))
+	}
+	return chain, nil
 }
 
 func pemBody(t testing.TB, p []byte) []byte {
@@ -120,7 +148,13 @@ type harness struct {
 
 func newHarness(t *testing.T, mutate func(*Config), first ...answer) *harness {
 	t.Helper()
-	clk := clocktest.New(start)
+	return newHarnessAt(t, start, mutate, first...)
+}
+
+// newHarnessAt is newHarness with the fake clock starting at now.
+func newHarnessAt(t *testing.T, now time.Time, mutate func(*Config), first ...answer) *harness {
+	t.Helper()
+	clk := clocktest.New(now)
 	core, logs := observer.New(zapcore.DebugLevel)
 	id, err := pki.WorkloadID("cluster.local", "default", "web")
 	if err != nil {

@@ -30,3 +30,19 @@ func RenewTime(notBefore, notAfter time.Time, ratio, jitter, u float64) time.Tim
 func ShouldRenew(now, renewAt time.Time) bool {
 	return !now.Round(0).Before(renewAt.Round(0))
 }
+
+// TrustRenewTime returns when to renew after the file of the CA's roots
+// changed at now: at once, unless a renewal such a change caused happened
+// less than minInterval ago (last; zero if none), then minInterval after
+// it. A root rotation shows up in that file; renewing at once moves the
+// workload to the new root without waiting for its next renewal, and
+// minInterval keeps a file that keeps changing from driving a tight loop.
+func TrustRenewTime(now, last time.Time, minInterval time.Duration) time.Time {
+	if last.IsZero() {
+		return now
+	}
+	if at := last.Add(minInterval); at.After(now) {
+		return at
+	}
+	return now
+}

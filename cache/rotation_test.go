@@ -58,3 +58,25 @@ func TestShouldRenew(t *testing.T) {
 		})
 	}
 }
+
+func TestTrustRenewTime(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name string
+		last time.Time
+		want time.Time
+	}{
+		{"first change renews at once", time.Time{}, now},
+		{"long after the last one renews at once", now.Add(-time.Hour), now},
+		{"exactly the interval after the last one renews at once", now.Add(-10 * time.Second), now},
+		{"soon after the last one waits for the interval", now.Add(-3 * time.Second), now.Add(7 * time.Second)},
+		{"just after the last one waits the whole interval", now, now.Add(10 * time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := TrustRenewTime(now, tt.last, 10*time.Second); !got.Equal(tt.want) {
+				t.Fatalf("TrustRenewTime = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}

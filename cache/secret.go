@@ -21,6 +21,11 @@ const (
 	WorkloadCertName = "default"
 	// RootCertName is the trust anchors that verify peers.
 	RootCertName = "ROOTCA"
+	// AllBundlesName is every trust bundle the agent knows, its own trust
+	// domain's and the federated ones, in the form of Envoy's SPIFFE
+	// certificate validator, as spire-agent serves it under this name. It
+	// is published while a stream asks for it.
+	AllBundlesName = "ALL"
 )
 
 // Kind says what a Secret holds.
@@ -56,10 +61,17 @@ type Secret struct {
 	CertChainPEM []byte
 	// PrivateKeyPEM is the leaf's key (TLSCertificate). It prints redacted.
 	PrivateKeyPEM pki.PrivateKeyPEM
-	// TrustedCAPEM holds the trust anchors (ValidationContext).
+	// TrustedCAPEM holds the trust anchors (ValidationContext): with
+	// Bundles, those of the agent's own trust domain, which are then not
+	// served as such but are what OutputWriter writes.
 	TrustedCAPEM []byte
+	// Bundles, when not empty, make a ValidationContext a set of SPIFFE
+	// trust bundles, one per trust domain in this order, served for
+	// Envoy's SPIFFE certificate validator instead of TrustedCAPEM.
+	Bundles []TrustBundle
 	// Certs are the parsed certificates: the chain for a TLSCertificate,
-	// the anchors for a ValidationContext.
+	// the anchors for a ValidationContext (with Bundles, those of every
+	// bundle, each once).
 	Certs []*x509.Certificate
 	// UpdatedAt is when this content was first published.
 	UpdatedAt time.Time
@@ -75,7 +87,21 @@ func (s *Secret) SameContent(o *Secret) bool {
 	return s.Name == o.Name && s.Kind == o.Kind &&
 		bytes.Equal(s.CertChainPEM, o.CertChainPEM) &&
 		bytes.Equal(s.PrivateKeyPEM, o.PrivateKeyPEM) &&
-		bytes.Equal(s.TrustedCAPEM, o.TrustedCAPEM)
+		bytes.Equal(s.TrustedCAPEM, o.TrustedCAPEM) &&
+		slices.EqualFunc(s.Bundles, o.Bundles, func(a, b TrustBundle) bool {
+			return a.TrustDomain == b.TrustDomain && bytes.Equal(a.RootsPEM, b.RootsPEM)
+		})
+}
+
+// TrustBundle is the trust anchors of one SPIFFE trust domain. Like the
+// Secret holding it, it is never modified once published.
+type TrustBundle struct {
+	// TrustDomain is the trust domain's name, without "spiffe://".
+	TrustDomain string
+	// RootsPEM is Roots in PEM.
+	RootsPEM []byte
+	// Roots verify certificates of the trust domain.
+	Roots []*x509.Certificate
 }
 
 // NotAfter returns when the secret stops being useful: the leaf's NotAfter

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sdsagent/sdsagent/cache"
 )
@@ -71,7 +72,14 @@ func (s *Server) syncSecrets() {
 	}
 }
 
-// secretProto converts sec to an Envoy Secret that passes ValidateAll.
+// SPIFFEValidatorName is the name of Envoy's SPIFFE certificate validator
+// extension, under which a ValidationContext with trust bundles is served.
+const SPIFFEValidatorName = "envoy.tls.cert_validator.spiffe"
+
+// ToProto converts sec to an Envoy Secret that passes ValidateAll. A
+// ValidationContext with Bundles becomes a custom_validator_config for
+// Envoy's SPIFFE certificate validator (a SPIFFECertValidatorConfig with
+// one trust domain per bundle, itself validated), otherwise trusted_ca.
 // Errors never contain key bytes.
 func ToProto(sec *cache.Secret) (*tlsv3.Secret, error) {
 	if sec.Name == "" {
@@ -91,6 +99,14 @@ func ToProto(sec *cache.Secret) (*tlsv3.Secret, error) {
 			PrivateKey:       inlineBytes(sec.PrivateKeyPEM),
 		}}
 	case cache.ValidationContext:
+		if len(sec.Bundles) > 0 {
+			vc, err := spiffeValidationContext(sec.Bundles)
+			if err != nil {
+				return nil, err
+			}
+			msg.Type = &tlsv3.Secret_ValidationContext{ValidationContext: vc}
+			break
+		}
 		if len(sec.TrustedCAPEM) == 0 {
 			return nil, errors.New("convert secret: empty trusted ca")
 		}
@@ -104,6 +120,34 @@ func ToProto(sec *cache.Secret) (*tlsv3.Secret, error) {
 		return nil, fmt.Errorf("convert secret: invalid envoy secret: %w", err)
 	}
 	return msg, nil
+}
+
+// spiffeValidationContext returns a ValidationContext that hands bundles
+// to Envoy's SPIFFE certificate validator, one trust domain each, in
+// order. trusted_ca stays empty: the validator picks a peer's roots by
+// the trust domain of its SPIFFE ID, so no trust domain can vouch for
+// another.
+func spiffeValidationContext(bundles []cache.TrustBundle) (*tlsv3.CertificateValidationContext, error) {
+	cfg := &tlsv3.SPIFFECertValidatorConfig{}
+	for _, b := range bundles {
+		if len(b.RootsPEM) == 0 {
+			return nil, fmt.Errorf("convert secret: trust domain %q: empty trust bundle", b.TrustDomain)
+		}
+		cfg.TrustDomains = append(cfg.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
+			Name:        b.TrustDomain,
+			TrustBundle: inlineBytes(b.RootsPEM),
+		})
+	}
+	if err := cfg.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("convert secret: invalid spiffe validator config: %w", err)
+	}
+	typed, err := anypb.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("convert secret: pack spiffe validator config: %w", err)
+	}
+	return &tlsv3.CertificateValidationContext{
+		CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: SPIFFEValidatorName, TypedConfig: typed},
+	}, nil
 }
 
 func inlineBytes(b []byte) *corev3.DataSource {

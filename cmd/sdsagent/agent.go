@@ -92,6 +92,14 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		signer = client
 	}
 
+	var bundles []cache.TrustBundleFile
+	for _, b := range cfg.TrustBundles {
+		bundles = append(bundles, cache.TrustBundleFile{TrustDomain: b.TrustDomain, Path: b.Path})
+	}
+	caRootFile := cfg.CARootCert
+	if cfg.CAPlaintext {
+		caRootFile = ""
+	}
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
 		KeyType:     cfg.KeyType,
@@ -105,6 +113,13 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		// Files: the mounted workload certificate, file-cert: and file-root:.
 		MountedCertDir: mountedDir,
 		FileResync:     cfg.FileResync,
+		// Trust: the CA's root file (a change renews at once), extra
+		// anchors, the overlap of a replaced root, SPIFFE bundles.
+		CARootCertFile:   caRootFile,
+		TrustAnchorsFile: cfg.TrustAnchors,
+		RootOverlap:      cfg.RootOverlap,
+		SPIFFEValidator:  cfg.SPIFFEValidator,
+		TrustBundleFiles: bundles,
 	})
 	if err != nil {
 		return err
@@ -166,6 +181,9 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.String("http_addr", cfg.HTTPAddr),
 		zap.String("key_type", string(cfg.KeyType)),
 		zap.Duration("secret_ttl", cfg.SecretTTL),
+		zap.String("trust_anchors", cfg.TrustAnchors),
+		zap.Bool("spiffe_validator", cfg.SPIFFEValidator),
+		zap.Int("trust_bundles", len(cfg.TrustBundles)),
 	)
 	log.Info("workload certificate source", zap.String("source", certSource),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -50,6 +51,21 @@ type Agent struct {
 	OutputDir      string
 	FileResync     time.Duration
 	Log            Log
+	// TrustAnchors is a PEM file of extra roots for ROOTCA; empty: none.
+	TrustAnchors string
+	// RootOverlap is how long ROOTCA keeps a root the CA moved away
+	// from; zero means SecretTTL.
+	RootOverlap     time.Duration
+	SPIFFEValidator bool
+	// TrustBundles are the federated trust domains' root files, in the
+	// order given.
+	TrustBundles []TrustBundle
+}
+
+// TrustBundle is a --trust-bundle TD=PATH.
+type TrustBundle struct {
+	TrustDomain string
+	Path        string
 }
 
 // MountedCerts says whether the workload certificate comes from files in
@@ -98,6 +114,10 @@ func AgentSettings() []Setting {
 		{"cert-dir", "SDSAGENT_CERT_DIR", "/etc/certs", "directory of the mounted workload certificate files"},
 		{"output-dir", "OUTPUT_CERTS", "", "after each issuance or rotation, write cert-chain.pem, key.pem (0600) and root-cert.pem here for proxyless clients (empty disables)"},
 		{"file-resync", "SDSAGENT_FILE_RESYNC", "30s", "re-read every watched certificate file this often, in case a file system event was lost"},
+		{"trust-anchors", "SDSAGENT_TRUST_ANCHORS", "", "PEM file of extra roots ROOTCA carries after the CA's, e.g. the next root before a root rotation (watched; white space only means none)"},
+		{"root-overlap", "SDSAGENT_ROOT_OVERLAP", "", "how long ROOTCA keeps a root after the CA's answers moved to another root (default: --secret-ttl, by when every peer certificate under the old root has expired)"},
+		{"spiffe-validator", "SDSAGENT_SPIFFE_VALIDATOR", "false", "serve ROOTCA for Envoy's SPIFFE certificate validator (custom_validator_config, one trust bundle per trust domain) instead of trusted_ca; the name ALL always has that form"},
+		{"trust-bundle", "SDSAGENT_TRUST_BUNDLES", "", "TD=PATH: PEM roots of the federated trust domain TD, served as its own bundle in the SPIFFE form (repeatable or comma-separated; watched)"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
@@ -142,6 +162,11 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 		FileResync:     r.duration("file-resync"),
 		Log:            Log{Level: r.str("log-level"), Format: r.str("log-format")},
 	}
+	// Trust: extra anchors, the overlap of a replaced root, SPIFFE bundles.
+	a.TrustAnchors = r.str("trust-anchors")
+	a.RootOverlap = r.optionalDuration("root-overlap")
+	a.SPIFFEValidator = r.boolean("spiffe-validator")
+	a.TrustBundles = r.trustBundles("trust-bundle", a.TrustDomain)
 	a.KeyType = r.keyType()
 	if err := r.err(); err != nil {
 		return Agent{}, err
@@ -166,6 +191,9 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	}
 	if a.FileResync <= 0 {
 		return Agent{}, fmt.Errorf("--file-resync (SDSAGENT_FILE_RESYNC) must be positive, got %s", a.FileResync)
+	}
+	if a.RootOverlap < 0 {
+		return Agent{}, fmt.Errorf("--root-overlap (SDSAGENT_ROOT_OVERLAP) must not be negative, got %s", a.RootOverlap)
 	}
 	if err := a.Log.validate(); err != nil {
 		return Agent{}, err
@@ -266,6 +294,10 @@ func PrintUsage(w io.Writer, usage string, settings []Setting) {
 	tw.Flush()
 }
 
+// listFlags are the settings that may be given several times; their
+// values are joined with commas, as their environment variable lists them.
+func listFlags() []string { return []string{"trust-bundle"} }
+
 // register defines a flag per setting that keeps the raw value; typed
 // parsing happens in resolver so that flags and env share one parser.
 // A setting whose default is true, false or auto is a boolean flag: given
@@ -275,8 +307,10 @@ func register(fs *flag.FlagSet, settings []Setting) map[string]*string {
 	for _, s := range settings {
 		v := s.Default
 		vals[s.Flag] = &v
-		switch s.Default {
-		case "true", "false", string(MountedAuto):
+		switch {
+		case slices.Contains(listFlags(), s.Flag):
+			fs.Var(&listString{p: &v}, s.Flag, s.Usage)
+		case s.Default == "true" || s.Default == "false" || s.Default == string(MountedAuto):
 			fs.Var(boolString{&v}, s.Flag, s.Usage)
 		default:
 			fs.StringVar(&v, s.Flag, s.Default, s.Usage)
@@ -302,6 +336,29 @@ func (b boolString) Set(v string) error {
 
 // IsBoolFlag lets the flag package accept the flag alone, as "true".
 func (boolString) IsBoolFlag() bool { return true }
+
+// listString is a string flag.Value that may be given several times:
+// the values are joined with commas.
+type listString struct {
+	p   *string
+	set bool
+}
+
+func (l *listString) String() string {
+	if l == nil || l.p == nil {
+		return ""
+	}
+	return *l.p
+}
+
+func (l *listString) Set(v string) error {
+	if l.set {
+		*l.p += "," + v
+	} else {
+		*l.p, l.set = v, true
+	}
+	return nil
+}
 
 // resolver picks flag, then env, then default for each setting and
 // collects the first parse error.
@@ -386,6 +443,48 @@ func parseDuration(v string) (time.Duration, error) {
 		return time.Duration(secs) * time.Second, nil
 	}
 	return time.ParseDuration(v)
+}
+
+// optionalDuration is duration, with an empty value meaning zero.
+func (r *resolver) optionalDuration(name string) time.Duration {
+	if v, _ := r.source(name); strings.TrimSpace(v) == "" {
+		return 0
+	}
+	return r.duration(name)
+}
+
+// trustBundles parses a comma-separated list of TD=PATH: each trust
+// domain valid, once, and not own, the agent's own.
+func (r *resolver) trustBundles(name, own string) []TrustBundle {
+	v, from := r.source(name)
+	var out []TrustBundle
+	seen := map[string]bool{}
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		td, path, ok := strings.Cut(item, "=")
+		td, path = strings.TrimSpace(td), strings.TrimSpace(path)
+		switch {
+		case !ok || td == "" || path == "":
+			r.fail(fmt.Errorf("%s: %q is not TD=PATH, e.g. mesh-b.example=/etc/bundles/mesh-b.pem", from, item))
+			return nil
+		case td == own:
+			r.fail(fmt.Errorf("%s: %q is this workload's own trust domain, whose roots come from the CA; add extra roots for it with --trust-anchors", from, td))
+			return nil
+		case seen[td]:
+			r.fail(fmt.Errorf("%s: trust domain %q given twice", from, td))
+			return nil
+		}
+		if err := pki.CheckTrustDomain(td); err != nil {
+			r.fail(fmt.Errorf("%s: %w", from, err))
+			return nil
+		}
+		seen[td] = true
+		out = append(out, TrustBundle{TrustDomain: td, Path: path})
+	}
+	return out
 }
 
 func (r *resolver) float(name string) float64 {

@@ -27,7 +27,8 @@ func TestParseAgentDefaults(t *testing.T) {
 	if a.Socket != "/var/run/secrets/workload-spiffe-uds/socket" || a.HTTPAddr != "127.0.0.1:15020" ||
 		a.KeyType != pki.ECDSAP256 || a.SecretTTL != 24*time.Hour || a.GraceRatio != 0.5 || a.GraceJitter != 0.01 ||
 		a.TokenFile != "/var/run/secrets/tokens/istio-token" || a.SocketMode != 0o660 || a.TrustDomain != "cluster.local" ||
-		a.MountedCerts != MountedAuto || a.CertDir != "/etc/certs" || a.OutputDir != "" || a.FileResync != 30*time.Second {
+		a.MountedCerts != MountedAuto || a.CertDir != "/etc/certs" || a.OutputDir != "" || a.FileResync != 30*time.Second ||
+		a.TrustAnchors != "" || a.RootOverlap != 0 || a.SPIFFEValidator || a.TrustBundles != nil {
 		t.Fatalf("defaults = %+v", a)
 	}
 }
@@ -65,6 +66,20 @@ func TestParseAgentEnvAndFlags(t *testing.T) {
 			func(a Agent) bool {
 				return a.MountedCerts == MountedAuto && a.CertDir == "/flag" && a.OutputDir == "/out" && a.FileResync == 45*time.Second
 			}},
+		{"trust settings from env", nil,
+			env("SDSAGENT_TRUST_ANCHORS", "/etc/anchors.pem", "SDSAGENT_ROOT_OVERLAP", "48h", "SDSAGENT_SPIFFE_VALIDATOR", "true",
+				"SDSAGENT_TRUST_BUNDLES", "b.example=/b.pem, a.example=/a.pem"),
+			func(a Agent) bool {
+				return a.TrustAnchors == "/etc/anchors.pem" && a.RootOverlap == 48*time.Hour && a.SPIFFEValidator &&
+					slices.Equal(a.TrustBundles, []TrustBundle{{"b.example", "/b.pem"}, {"a.example", "/a.pem"}})
+			}},
+		{"repeated and comma-separated --trust-bundle win over env, in order",
+			[]string{"--trust-bundle", "c.example=/c.pem", "--trust-bundle", "a.example=/a.pem,b.example=/b.pem", "--spiffe-validator", "--root-overlap", "3600"},
+			env("SDSAGENT_TRUST_BUNDLES", "d.example=/d.pem", "SDSAGENT_SPIFFE_VALIDATOR", "false"),
+			func(a Agent) bool {
+				return a.SPIFFEValidator && a.RootOverlap == time.Hour &&
+					slices.Equal(a.TrustBundles, []TrustBundle{{"c.example", "/c.pem"}, {"a.example", "/a.pem"}, {"b.example", "/b.pem"}})
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,6 +112,13 @@ func TestParseAgentErrors(t *testing.T) {
 		{"bad FILE_MOUNTED_CERTS", nil, env("FILE_MOUNTED_CERTS", "maybe"), "FILE_MOUNTED_CERTS"},
 		{"mounted certs without dir", []string{"--file-mounted-certs", "true", "--cert-dir", ""}, env(), "--cert-dir"},
 		{"bad file resync", []string{"--file-resync", "0"}, env(), "--file-resync"},
+		{"negative root overlap", []string{"--root-overlap", "-1h"}, env(), "--root-overlap"},
+		{"bad root overlap env", nil, env("SDSAGENT_ROOT_OVERLAP", "a while"), "SDSAGENT_ROOT_OVERLAP"},
+		{"trust bundle without path", []string{"--trust-bundle", "b.example"}, env(), "TD=PATH"},
+		{"trust bundle for the own trust domain", []string{"--trust-bundle", "cluster.local=/x.pem"}, env(), "--trust-anchors"},
+		{"trust bundle twice", nil, env("SDSAGENT_TRUST_BUNDLES", "b.example=/1.pem,b.example=/2.pem"), "twice"},
+		{"trust bundle with a bad trust domain", []string{"--trust-bundle", "spiffe://b.example=/b.pem"}, env(), "invalid trust domain"},
+		{"bad spiffe validator", nil, env("SDSAGENT_SPIFFE_VALIDATOR", "sometimes"), "SDSAGENT_SPIFFE_VALIDATOR"},
 		{"unknown flag", []string{"--nope"}, env(), "nope"},
 		{"stray argument", []string{"extra"}, env(), "unexpected"},
 	}

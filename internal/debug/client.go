@@ -3,6 +3,7 @@ package debug
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -203,7 +204,8 @@ const (
 )
 
 // WriteTable writes dump as `istioctl proxy-config secret` does: one row
-// per certificate (a CA bundle gives a row per root), with whether now is
+// per certificate (a CA bundle gives a row per root; SPIFFE trust bundles
+// a row per distinct root of all their trust domains), with whether now is
 // within its validity, its serial in lowercase hex, and its NotAfter and
 // NotBefore in RFC 3339 UTC.
 func WriteTable(w io.Writer, dump *adminv3.SecretsConfigDump, now time.Time) error {
@@ -258,6 +260,12 @@ func certPEM(sec *tlsv3.Secret) (string, []byte, error) {
 			return "", nil, fmt.Errorf("certificate chain: %w", err)
 		}
 		return typeCertChain, b, nil
+	case sec.GetValidationContext().GetCustomValidatorConfig() != nil:
+		b, err := bundlePEM(sec.GetValidationContext().GetCustomValidatorConfig())
+		if err != nil {
+			return "", nil, err
+		}
+		return typeCA, b, nil
 	case sec.GetValidationContext() != nil:
 		b, err := inline(sec.GetValidationContext().GetTrustedCa())
 		if err != nil {
@@ -267,6 +275,37 @@ func certPEM(sec *tlsv3.Secret) (string, []byte, error) {
 	default:
 		return "", nil, errors.New("neither a TLS certificate nor a validation context")
 	}
+}
+
+// bundlePEM returns the roots of every trust domain of a SPIFFE
+// certificate validator config, each distinct certificate once, in order.
+func bundlePEM(cvc *corev3.TypedExtensionConfig) ([]byte, error) {
+	cfg := &tlsv3.SPIFFECertValidatorConfig{}
+	if err := cvc.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		return nil, fmt.Errorf("custom validator %q: %w", cvc.GetName(), err)
+	}
+	var out []byte
+	seen := map[string]bool{}
+	for _, td := range cfg.GetTrustDomains() {
+		b, err := inline(td.GetTrustBundle())
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle of %q: %w", td.GetName(), err)
+		}
+		certs, err := pki.ParseCertificates(b)
+		if err != nil {
+			return nil, fmt.Errorf("trust bundle of %q: %w", td.GetName(), err)
+		}
+		for _, c := range certs {
+			if !seen[string(c.Raw)] {
+				seen[string(c.Raw)] = true
+				out = append(out, pki.EncodeCertificates([]*x509.Certificate{c})...)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("custom validator %q: no trust domains", cvc.GetName())
+	}
+	return out, nil
 }
 
 // inline returns the inline content of ds.

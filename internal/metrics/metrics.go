@@ -50,7 +50,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		CertExpiryTimestamp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: Namespace, Name: "cert_expiry_timestamp_seconds",
-			Help: "NotAfter of the certificate served under each resource name, in Unix seconds.",
+			Help: "NotAfter of the certificate served under each resource name (for trust roots, the earliest of them), in Unix seconds.",
 		}, []string{"resource"}),
 		CSRRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "csr_requests_total",

@@ -22,11 +22,20 @@ var trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]+$`)
 // pathSegmentRE follows the SPIFFE spec for path segments.
 var pathSegmentRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
+// CheckTrustDomain returns an error unless td is a SPIFFE trust domain
+// name: lowercase letters, digits, '.', '-' and '_', without "spiffe://".
+func CheckTrustDomain(td string) error {
+	if !trustDomainRE.MatchString(td) || len(td) > 255 {
+		return fmt.Errorf("invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", td)
+	}
+	return nil
+}
+
 // WorkloadID returns the Istio workload identity
 // spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
 func WorkloadID(trustDomain, namespace, serviceAccount string) (ID, error) {
-	if !trustDomainRE.MatchString(trustDomain) {
-		return ID{}, fmt.Errorf("invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", trustDomain)
+	if err := CheckTrustDomain(trustDomain); err != nil {
+		return ID{}, err
 	}
 	for what, seg := range map[string]string{"namespace": namespace, "service account": serviceAccount} {
 		if seg == "" || seg == "." || seg == ".." || !pathSegmentRE.MatchString(seg) {

@@ -127,6 +127,14 @@ func validateSecret(sec *tlsv3.Secret) error {
 			return fmt.Errorf("invalid secret %q: tls certificate without inline chain and key", sec.GetName())
 		}
 	case sec.GetValidationContext() != nil:
+		if _, spiffe, err := SPIFFEValidatorConfig(sec); err != nil {
+			return fmt.Errorf("invalid secret: %w", err)
+		} else if spiffe {
+			if _, err := TrustDomainRoots(sec); err != nil {
+				return fmt.Errorf("invalid secret: %w", err)
+			}
+			break
+		}
 		if len(sec.GetValidationContext().GetTrustedCa().GetInlineBytes()) == 0 {
 			return fmt.Errorf("invalid secret %q: validation context without inline trusted ca", sec.GetName())
 		}

@@ -54,7 +54,9 @@ func (id Identity) Certificate() (tls.Certificate, error) {
 	return cert, nil
 }
 
-// RootPool returns the trust anchors as a pool.
+// RootPool returns the trust anchors of a ValidationContext in the plain
+// trusted_ca form as a pool. For the SPIFFE validator form see
+// TrustDomainRoots.
 func (id Identity) RootPool() (*x509.CertPool, error) {
 	vc := id.Roots.GetValidationContext()
 	if vc == nil {
@@ -71,6 +73,90 @@ func (id Identity) RootPool() (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// SPIFFEValidatorName is the name of Envoy's SPIFFE certificate validator.
+const SPIFFEValidatorName = "envoy.tls.cert_validator.spiffe"
+
+// SPIFFEValidatorConfig returns the validated SPIFFECertValidatorConfig of
+// a ValidationContext served for Envoy's SPIFFE certificate validator, and
+// false for one in the plain trusted_ca form.
+func SPIFFEValidatorConfig(sec *tlsv3.Secret) (*tlsv3.SPIFFECertValidatorConfig, bool, error) {
+	cvc := sec.GetValidationContext().GetCustomValidatorConfig()
+	if cvc == nil {
+		return nil, false, nil
+	}
+	if cvc.GetName() != SPIFFEValidatorName {
+		return nil, true, fmt.Errorf("secret %q: custom validator %q, want %s", sec.GetName(), cvc.GetName(), SPIFFEValidatorName)
+	}
+	cfg := &tlsv3.SPIFFECertValidatorConfig{}
+	if err := cvc.GetTypedConfig().UnmarshalTo(cfg); err != nil {
+		return nil, true, fmt.Errorf("secret %q: unpack spiffe validator config: %w", sec.GetName(), err)
+	}
+	if err := cfg.ValidateAll(); err != nil {
+		return nil, true, fmt.Errorf("secret %q: invalid spiffe validator config: %w", sec.GetName(), err)
+	}
+	return cfg, true, nil
+}
+
+// TrustDomainRoots returns the roots of each trust domain of a
+// ValidationContext in the SPIFFE validator form, by trust domain name.
+// Every bundle must be inline PEM certificates and every name unique.
+func TrustDomainRoots(sec *tlsv3.Secret) (map[string][]*x509.Certificate, error) {
+	cfg, ok, err := SPIFFEValidatorConfig(sec)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("secret %q: no spiffe validator config", sec.GetName())
+	}
+	out := map[string][]*x509.Certificate{}
+	for _, td := range cfg.GetTrustDomains() {
+		if _, dup := out[td.GetName()]; dup {
+			return nil, fmt.Errorf("secret %q: trust domain %q twice", sec.GetName(), td.GetName())
+		}
+		certs, err := parseCerts(td.GetTrustBundle().GetInlineBytes())
+		if err != nil {
+			return nil, fmt.Errorf("secret %q: trust domain %q: %w", sec.GetName(), td.GetName(), err)
+		}
+		out[td.GetName()] = certs
+	}
+	return out, nil
+}
+
+// peerRoots returns what picks the roots that verify a peer's leaf, as
+// Envoy does: the trusted CAs, or, with the SPIFFE validator, the bundle
+// of the trust domain of the leaf's SPIFFE ID (none: refused).
+func (id Identity) peerRoots() (func(*x509.Certificate) (*x509.CertPool, error), error) {
+	if _, spiffe, err := SPIFFEValidatorConfig(id.Roots); err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	} else if !spiffe {
+		pool, err := id.RootPool()
+		if err != nil {
+			return nil, err
+		}
+		return func(*x509.Certificate) (*x509.CertPool, error) { return pool, nil }, nil
+	}
+	bundles, err := TrustDomainRoots(id.Roots)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	return func(leaf *x509.Certificate) (*x509.CertPool, error) {
+		sid, err := SPIFFEID(leaf)
+		if err != nil {
+			return nil, err
+		}
+		td := leaf.URIs[0].Host
+		roots, ok := bundles[td]
+		if !ok {
+			return nil, fmt.Errorf("no trust bundle for the trust domain of %s", sid)
+		}
+		pool := x509.NewCertPool()
+		for _, c := range roots {
+			pool.AddCert(c)
+		}
+		return pool, nil
+	}, nil
+}
+
 // SPIFFEID returns the SPIFFE ID of the identity's leaf certificate.
 func (id Identity) SPIFFEID() (string, error) {
 	cert, err := id.Certificate()
@@ -85,7 +171,8 @@ func (id Identity) SPIFFEID() (string, error) {
 }
 
 // ServerConfig returns a TLS 1.3 server config that presents the identity,
-// requires a client certificate that chains to the identity's roots and,
+// requires a client certificate that chains to the identity's roots (with
+// the SPIFFE validator form, those of the client's trust domain) and,
 // unless peerID is empty, carries exactly that SPIFFE ID.
 func (id Identity) ServerConfig(peerID string) (*tls.Config, error) {
 	cert, roots, err := id.parts()
@@ -102,6 +189,7 @@ func (id Identity) ServerConfig(peerID string) (*tls.Config, error) {
 
 // ClientConfig returns a TLS 1.3 client config that presents the identity
 // and accepts a server whose certificate chains to the identity's roots
+// (with the SPIFFE validator form, those of the server's trust domain)
 // and, unless peerID is empty, carries exactly that SPIFFE ID. Server
 // names are not checked: SPIFFE identities live in URI SANs.
 func (id Identity) ClientConfig(peerID string) (*tls.Config, error) {
@@ -119,21 +207,21 @@ func (id Identity) ClientConfig(peerID string) (*tls.Config, error) {
 	}, nil
 }
 
-func (id Identity) parts() (tls.Certificate, *x509.CertPool, error) {
+func (id Identity) parts() (tls.Certificate, func(*x509.Certificate) (*x509.CertPool, error), error) {
 	cert, err := id.Certificate()
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
-	roots, err := id.RootPool()
+	roots, err := id.peerRoots()
 	if err != nil {
 		return tls.Certificate{}, nil, err
 	}
 	return cert, roots, nil
 }
 
-// verifyPeer verifies the peer's chain against roots for usage and checks
-// its SPIFFE ID.
-func verifyPeer(roots *x509.CertPool, usage x509.ExtKeyUsage, peerID string) func(tls.ConnectionState) error {
+// verifyPeer verifies the peer's chain against the roots for it, for
+// usage, and checks its SPIFFE ID.
+func verifyPeer(rootsFor func(*x509.Certificate) (*x509.CertPool, error), usage x509.ExtKeyUsage, peerID string) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("peer sent no certificate")
@@ -143,6 +231,10 @@ func verifyPeer(roots *x509.CertPool, usage x509.ExtKeyUsage, peerID string) fun
 			inter.AddCert(c)
 		}
 		leaf := cs.PeerCertificates[0]
+		roots, err := rootsFor(leaf)
+		if err != nil {
+			return fmt.Errorf("verify peer: %w", err)
+		}
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 			return fmt.Errorf("verify peer: %w", err)
 		}

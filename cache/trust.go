@@ -1,0 +1,411 @@
+package cache
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/internal/clock"
+	"github.com/sdsagent/sdsagent/internal/metrics"
+	"github.com/sdsagent/sdsagent/internal/pki"
+)
+
+// trust composes the trust roots the agent serves as ROOTCA, and as ALL
+// while a stream asks for it, and publishes them when they change.
+//
+// ROOTCA holds, each certificate once, in this order:
+//
+//  1. the primary roots: those the CA's last verified answer ended in,
+//     or those of the mounted root-cert.pem;
+//  2. retiring roots (CA mode only): roots the CA's answers ended in
+//     before it moved to another root, kept until their overlap ends, the
+//     most recently replaced first;
+//  3. the trust anchors, in the order of their file.
+//
+// In the SPIFFE form (Config.SPIFFEValidator for ROOTCA, always for ALL)
+// that list is the bundle of the agent's own trust domain, followed by
+// one bundle per federated trust domain read from files, by name.
+//
+// Nothing is published before the primary roots are known, so that
+// ROOTCA never appears without what verifies the workload's own peers.
+// Its methods are safe for concurrent use; they publish under mu, so
+// that snapshots follow the order of changes (lock order: trust.mu, then
+// Store.mu).
+type trust struct {
+	store       *Store
+	clock       clock.Clock
+	log         *zap.Logger
+	metrics     *metrics.Metrics
+	trustDomain string
+	overlap     time.Duration
+	spiffe      bool
+
+	mu       sync.Mutex
+	primary  []*x509.Certificate
+	source   string
+	retiring []retiringRoot
+	anchors  []*x509.Certificate
+	// bundles are the federated trust domains' roots, by trust domain.
+	bundles map[string][]*x509.Certificate
+	wantAll bool
+	// served and servedBundles are what was last published, to log what
+	// changed.
+	served        []*x509.Certificate
+	servedBundles map[string][]*x509.Certificate
+}
+
+// retiringRoot is a root the CA no longer signs under, trusted until
+// until.
+type retiringRoot struct {
+	cert  *x509.Certificate
+	until time.Time
+}
+
+// Causes of a change of the trust roots, the "cause" key of its log line.
+const (
+	causeCAAnswer    = "ca_answer"
+	causeMountedRoot = "mounted_root_file"
+	causeAnchors     = "trust_anchors_file"
+	causeBundle      = "trust_bundle_file"
+	causeRetired     = "root_retired"
+)
+
+type trustConfig struct {
+	store       *Store
+	clock       clock.Clock
+	logger      *zap.Logger
+	metrics     *metrics.Metrics
+	trustDomain string
+	overlap     time.Duration
+	spiffe      bool
+}
+
+func newTrust(cfg trustConfig) *trust {
+	return &trust{
+		store:         cfg.store,
+		clock:         cfg.clock,
+		log:           cfg.logger.Named("trust"),
+		metrics:       cfg.metrics,
+		trustDomain:   cfg.trustDomain,
+		overlap:       cfg.overlap,
+		spiffe:        cfg.spiffe,
+		bundles:       map[string][]*x509.Certificate{},
+		servedBundles: map[string][]*x509.Certificate{},
+	}
+}
+
+// setPrimary makes roots the primary roots, taken from source, and
+// publishes the trust roots together with also in one snapshot. With
+// retire, primary roots not in roots start retiring (a CA moved to a new
+// root); without, they are dropped at once (the mounted file is
+// authoritative).
+func (t *trust) setPrimary(roots []*x509.Certificate, source string, retire bool, also ...*Secret) {
+	cause := causeMountedRoot
+	if retire {
+		cause = causeCAAnswer
+	}
+	now := t.clock.Now()
+	t.mu.Lock()
+	var (
+		started   []retiringRoot
+		untrusted []*x509.Certificate // new CA roots that were not served
+	)
+	if retire {
+		for _, r := range roots {
+			if len(t.served) > 0 && !containsCert(t.served, r) {
+				untrusted = append(untrusted, r)
+			}
+		}
+		next := retireRoots(t.primary, roots, t.retiring, now, t.overlap)
+		for _, r := range next {
+			if !slices.ContainsFunc(t.retiring, func(o retiringRoot) bool { return o.cert.Equal(r.cert) }) {
+				started = append(started, r)
+			}
+		}
+		t.retiring = next
+	}
+	t.primary = slices.Clone(roots)
+	t.source = source
+	changes := t.publishLocked(also...)
+	t.mu.Unlock()
+
+	for _, r := range untrusted {
+		t.log.Warn("ca answer ends in a root not trusted before; peers that do not trust it yet refuse this workload",
+			zap.String("subject", r.Subject.String()),
+			zap.String("sha256", fingerprint(r)),
+			zap.String("hint", "before moving a CA to a new root, add the root to every agent's trust anchors (--trust-anchors) and wait until they serve it"))
+	}
+	for _, r := range started {
+		t.log.Info("trust root retiring; the CA signs under another root now",
+			zap.String("subject", r.cert.Subject.String()),
+			zap.String("sha256", fingerprint(r.cert)),
+			zap.Time("retire_at", r.until),
+			zap.Duration("overlap", t.overlap))
+	}
+	t.logChanges(cause, changes)
+}
+
+// setAnchors replaces the trust anchors and publishes.
+func (t *trust) setAnchors(certs []*x509.Certificate) {
+	t.mu.Lock()
+	t.anchors = certs
+	changes := t.publishLocked()
+	t.mu.Unlock()
+	t.logChanges(causeAnchors, changes)
+}
+
+// setBundle replaces the roots of the federated trust domain td and
+// publishes.
+func (t *trust) setBundle(td string, certs []*x509.Certificate) {
+	t.mu.Lock()
+	t.bundles[td] = dedupCerts(certs)
+	changes := t.publishLocked()
+	t.mu.Unlock()
+	t.logChanges(causeBundle, changes)
+}
+
+// setWantAll says whether a stream wants ALL; it is published only then.
+func (t *trust) setWantAll(want bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.wantAll == want {
+		return
+	}
+	t.wantAll = want
+	t.publishLocked()
+}
+
+// expire drops the retiring roots whose overlap has ended at now.
+func (t *trust) expire(now time.Time) {
+	t.mu.Lock()
+	kept, dropped := expireRoots(t.retiring, now)
+	if len(dropped) == 0 {
+		t.mu.Unlock()
+		return
+	}
+	t.retiring = kept
+	anchors := t.anchors
+	changes := t.publishLocked()
+	t.mu.Unlock()
+
+	for _, r := range dropped {
+		t.log.Info("trust root retired; its overlap ended",
+			zap.String("subject", r.cert.Subject.String()),
+			zap.String("sha256", fingerprint(r.cert)),
+			zap.Time("retire_at", r.until),
+			zap.Bool("kept_as_trust_anchor", containsCert(anchors, r.cert)))
+	}
+	t.logChanges(causeRetired, changes)
+}
+
+// nextRetirement returns when the next retiring root is dropped.
+func (t *trust) nextRetirement() (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var next time.Time
+	for _, r := range t.retiring {
+		if next.IsZero() || r.until.Before(next) {
+			next = r.until
+		}
+	}
+	return next, !next.IsZero()
+}
+
+// rootsChange is how the roots of one trust domain changed.
+type rootsChange struct {
+	trustDomain    string
+	added, removed []*x509.Certificate
+	now            int
+}
+
+// publishLocked publishes the trust roots (once the primary roots are
+// known) and also, and returns how the roots changed. t.mu is held.
+func (t *trust) publishLocked(also ...*Secret) []rootsChange {
+	if len(t.primary) == 0 {
+		if len(also) > 0 {
+			t.setExpiry(also)
+			t.store.Update(also, nil)
+		}
+		return nil
+	}
+	own := composeRoots(t.primary, t.retiring, t.anchors)
+	bundles := t.bundlesFor(own)
+	set := append(slices.Clone(also), t.rootsSecret(RootCertName, own, bundles, t.spiffe))
+	var remove []string
+	if t.wantAll && len(bundles) > 0 {
+		set = append(set, t.rootsSecret(AllBundlesName, own, bundles, true))
+	} else {
+		remove = append(remove, AllBundlesName)
+	}
+	t.setExpiry(set)
+	t.store.Update(set, remove)
+	if len(remove) > 0 {
+		t.metrics.CertExpiryTimestamp.DeleteLabelValues(AllBundlesName)
+	}
+
+	var changes []rootsChange
+	if c, ok := diffRoots(t.trustDomain, t.served, own); ok {
+		changes = append(changes, c)
+	}
+	t.served = own
+	for _, td := range slices.Sorted(maps.Keys(t.bundles)) {
+		if c, ok := diffRoots(td, t.servedBundles[td], t.bundles[td]); ok {
+			changes = append(changes, c)
+		}
+		t.servedBundles[td] = t.bundles[td]
+	}
+	return changes
+}
+
+func (t *trust) setExpiry(secrets []*Secret) {
+	for _, sec := range secrets {
+		t.metrics.CertExpiryTimestamp.WithLabelValues(sec.Name).Set(float64(sec.NotAfter().Unix()))
+	}
+}
+
+// bundlesFor returns the SPIFFE bundles: the agent's own trust domain
+// with own, then the federated ones with roots, by name.
+func (t *trust) bundlesFor(own []*x509.Certificate) []TrustBundle {
+	var out []TrustBundle
+	if t.trustDomain != "" {
+		out = append(out, TrustBundle{TrustDomain: t.trustDomain, RootsPEM: pki.EncodeCertificates(own), Roots: own})
+	}
+	for _, td := range slices.Sorted(maps.Keys(t.bundles)) {
+		if roots := t.bundles[td]; len(roots) > 0 {
+			out = append(out, TrustBundle{TrustDomain: td, RootsPEM: pki.EncodeCertificates(roots), Roots: roots})
+		}
+	}
+	return out
+}
+
+// rootsSecret returns the ValidationContext named name: own as trusted
+// CAs, or, with spiffe, the bundles.
+func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []TrustBundle, spiffe bool) *Secret {
+	sec := &Secret{
+		Name:         name,
+		Kind:         ValidationContext,
+		TrustedCAPEM: pki.EncodeCertificates(own),
+		Certs:        own,
+		Source:       t.source,
+	}
+	if spiffe && len(bundles) > 0 {
+		sec.Bundles = bundles
+		var all []*x509.Certificate
+		for _, b := range bundles {
+			all = append(all, b.Roots...)
+		}
+		sec.Certs = dedupCerts(all)
+	}
+	return sec
+}
+
+// logChanges logs each trust domain whose roots changed.
+func (t *trust) logChanges(cause string, changes []rootsChange) {
+	for _, c := range changes {
+		t.log.Info("trust roots changed",
+			zap.String("trust_domain", c.trustDomain),
+			zap.String("cause", cause),
+			zap.Strings("added_roots", describeCerts(c.added)),
+			zap.Strings("removed_roots", describeCerts(c.removed)),
+			zap.Int("roots", c.now))
+	}
+}
+
+// composeRoots returns the roots of ROOTCA: primary, then retiring, then
+// anchors, each certificate once, in that order.
+func composeRoots(primary []*x509.Certificate, retiring []retiringRoot, anchors []*x509.Certificate) []*x509.Certificate {
+	all := slices.Clone(primary)
+	for _, r := range retiring {
+		all = append(all, r.cert)
+	}
+	return dedupCerts(append(all, anchors...))
+}
+
+// retireRoots returns the retiring roots after the CA's roots changed
+// from old to cur at now: each root of old not in cur retires until
+// now+overlap and comes first; a retiring root in cur again is current,
+// no longer retiring; the others keep their place and deadline.
+func retireRoots(old, cur []*x509.Certificate, retiring []retiringRoot, now time.Time, overlap time.Duration) []retiringRoot {
+	var out []retiringRoot
+	isRetiring := func(c *x509.Certificate) bool {
+		return slices.ContainsFunc(retiring, func(r retiringRoot) bool { return r.cert.Equal(c) })
+	}
+	for _, c := range old {
+		if !containsCert(cur, c) && !isRetiring(c) && !slices.ContainsFunc(out, func(r retiringRoot) bool { return r.cert.Equal(c) }) {
+			out = append(out, retiringRoot{cert: c, until: now.Add(overlap)})
+		}
+	}
+	for _, r := range retiring {
+		if !containsCert(cur, r.cert) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// expireRoots splits retiring into the roots still trusted at now and
+// those whose overlap has ended, comparing wall-clock readings as
+// ShouldRenew does.
+func expireRoots(retiring []retiringRoot, now time.Time) (kept, dropped []retiringRoot) {
+	for _, r := range retiring {
+		if ShouldRenew(now, r.until) {
+			dropped = append(dropped, r)
+		} else {
+			kept = append(kept, r)
+		}
+	}
+	return kept, dropped
+}
+
+// diffRoots says which roots of trust domain td were added and removed
+// from before to after, and false if none.
+func diffRoots(td string, before, after []*x509.Certificate) (rootsChange, bool) {
+	c := rootsChange{trustDomain: td, now: len(after)}
+	for _, a := range after {
+		if !containsCert(before, a) {
+			c.added = append(c.added, a)
+		}
+	}
+	for _, b := range before {
+		if !containsCert(after, b) {
+			c.removed = append(c.removed, b)
+		}
+	}
+	return c, len(c.added)+len(c.removed) > 0
+}
+
+// dedupCerts returns certs without repeats, in their first order.
+func dedupCerts(certs []*x509.Certificate) []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, c := range certs {
+		if !containsCert(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
+	return slices.ContainsFunc(certs, c.Equal)
+}
+
+// fingerprint is the SHA-256 of the certificate's DER in hex, as
+// `openssl x509 -noout -fingerprint -sha256` prints it without colons.
+func fingerprint(c *x509.Certificate) string {
+	return fmt.Sprintf("%x", sha256.Sum256(c.Raw))
+}
+
+// describeCerts names certificates in logs: subject and fingerprint.
+func describeCerts(certs []*x509.Certificate) []string {
+	out := make([]string, 0, len(certs))
+	for _, c := range certs {
+		out = append(out, c.Subject.String()+" sha256:"+fingerprint(c))
+	}
+	return out
+}
