@@ -177,6 +177,7 @@ func (c callbacks) close(key streamKey) {
 	if ok {
 		delete(s.streams, key)
 		s.streamGauge[key.api].Dec()
+		s.setNamesLocked(st, nil)
 	}
 	s.notifyLocked()
 	s.mu.Unlock()
@@ -260,12 +261,12 @@ func (c callbacks) request(key streamKey, r request) error {
 		}
 	}
 	cache.SortNames(st.unknown)
-	if key.api == apiSotW {
-		st.names = dedupe(r.names)
-	} else {
-		st.names = deltaNames(st.names, r.subscribe, r.unsubscribe)
+	next := dedupe(r.names)
+	if key.api == apiDelta {
+		next = deltaNames(st.names, r.subscribe, r.unsubscribe)
 	}
-	cache.SortNames(st.names)
+	cache.SortNames(next)
+	s.setNamesLocked(st, next)
 	switch {
 	case nack:
 		st.nacks++

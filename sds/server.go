@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -139,6 +140,10 @@ type Server struct {
 	mu      sync.Mutex
 	nextID  int64
 	streams map[streamKey]*streamState
+	// wanted counts the open streams that want each name; wantedChanged
+	// says a name came or went since the last updateDemand.
+	wanted        map[string]int
+	wantedChanged bool
 	// changed is closed and replaced whenever stream state changes.
 	changed chan struct{}
 }
@@ -172,6 +177,7 @@ func New(cfg Config) (*Server, error) {
 		cache:   newSecretCache(prefix, xdsLog),
 		seen:    map[string]*cache.Secret{},
 		streams: map[streamKey]*streamState{},
+		wanted:  map[string]int{},
 		changed: make(chan struct{}),
 		streamGauge: map[string]prometheus.Gauge{
 			apiSotW:  cfg.Metrics.SDSStreams.WithLabelValues(apiSotW),
@@ -305,18 +311,38 @@ func (s *Server) updateDemand() {
 	s.demandMu.Lock()
 	defer s.demandMu.Unlock()
 	s.mu.Lock()
-	var union []string
-	for _, st := range s.streams {
-		union = append(union, st.names...)
+	if !s.wantedChanged {
+		s.mu.Unlock()
+		return
 	}
+	s.wantedChanged = false
+	union := slices.Sorted(maps.Keys(s.wanted))
 	s.mu.Unlock()
-	slices.Sort(union)
-	union = slices.Compact(union)
 	if slices.Equal(union, s.demand) {
 		return
 	}
 	s.demand = union
 	d.SetDemand(slices.Clone(union))
+}
+
+// setNamesLocked replaces the names st wants and keeps the count of
+// streams per name, so that the union is known without walking every
+// stream on every request (an ACK from each of 1,000 streams after a
+// rotation would otherwise cost a million steps). s.mu must be held.
+func (s *Server) setNamesLocked(st *streamState, names []string) {
+	// Count the new names first, so a name kept never drops to zero.
+	for _, n := range names {
+		if s.wanted[n]++; s.wanted[n] == 1 {
+			s.wantedChanged = true
+		}
+	}
+	for _, n := range st.names {
+		if s.wanted[n]--; s.wanted[n] <= 0 {
+			delete(s.wanted, n)
+			s.wantedChanged = true
+		}
+	}
+	st.names = names
 }
 
 // waitStreams blocks until cond holds for the open streams or ctx ends.
