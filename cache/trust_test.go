@@ -493,7 +493,7 @@ func TestTrustAnchorsFile(t *testing.T) {
 	anchors := filepath.Join(anchorsDir, "anchors.pem")
 	filewatchtest.KubeletWrite(t, anchorsDir, map[string][]byte{"anchors.pem": ra.CertPEM})
 	h := trustHarness(t, root, func(c *Config) { c.TrustAnchorsFile = anchors })
-	roots := h.waitSecret(RootCertName, func(*Secret) bool { return rootsAre(h.mgr, root, ra) })
+	h.waitSecret(RootCertName, func(*Secret) bool { return rootsAre(h.mgr, root, ra) })
 	if got := testutil.ToFloat64(h.metrics.CertExpiryTimestamp.WithLabelValues(RootCertName)); got != float64(ra.Cert.NotAfter.Unix()) {
 		t.Fatalf("ROOTCA expiry metric = %v, want the earliest root's, anchor A's", got)
 	}
@@ -502,7 +502,7 @@ func TestTrustAnchorsFile(t *testing.T) {
 	// first, then the file's order; published within a second.
 	begin := time.Now()
 	filewatchtest.KubeletWrite(t, anchorsDir, map[string][]byte{"anchors.pem": slices.Concat(rb.CertPEM, root.CertPEM, ra.CertPEM, rb.CertPEM)})
-	roots = h.waitSecret(RootCertName, func(*Secret) bool { return rootsAre(h.mgr, root, rb, ra) })
+	roots := h.waitSecret(RootCertName, func(*Secret) bool { return rootsAre(h.mgr, root, rb, ra) })
 	if took := time.Since(begin); took > time.Second {
 		t.Fatalf("anchors published %s after the change, want within 1s", took)
 	}

@@ -102,18 +102,7 @@ func loadPluggedState(dir, trustDomain string, now time.Time, log *zap.Logger) (
 	}
 	// newSigner checked each signature; x509 also checks validity, path
 	// lengths and name constraints along the chain.
-	rootPool := x509.NewCertPool()
-	rootPool.AddCert(root)
-	midPool := x509.NewCertPool()
-	for _, c := range mids {
-		midPool.AddCert(c)
-	}
-	if _, err := caCert.Verify(x509.VerifyOptions{
-		Roots:         rootPool,
-		Intermediates: midPool,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	if err := pki.VerifyChain(caCert, mids, []*x509.Certificate{root}, now); err != nil {
 		return nil, fmt.Errorf("%s does not verify to %s: %w", certChainFile, rootCertFile, err)
 	}
 	if err := sg.checkIssuable(trustDomain, now); err != nil {

@@ -15,6 +15,8 @@ import (
 	"net"
 	"net/url"
 	"time"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // notValidError reports that the CA chain (the signing certificate or one
@@ -100,18 +102,7 @@ func (s *signer) checkIssuable(trustDomain string, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	roots := x509.NewCertPool()
-	roots.AddCert(s.root())
-	inter := x509.NewCertPool()
-	for _, c := range s.chain[:len(s.chain)-1] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	if err := pki.VerifyChain(leaf, s.chain[:len(s.chain)-1], []*x509.Certificate{s.root()}, now); err != nil {
 		return fmt.Errorf("a workload certificate for trust domain %q signed with it would not verify: %w", trustDomain, err)
 	}
 	return nil

@@ -102,18 +102,3 @@ func (m *Metrics) ObserveCSR(result string, d time.Duration) {
 	m.CSRRequests.WithLabelValues(result).Inc()
 	m.CSRDuration.WithLabelValues(result).Observe(d.Seconds())
 }
-
-// ResourceClass maps a resource name to a bounded label value, so that
-// file paths in names never become label values.
-func ResourceClass(name string) string {
-	switch {
-	case name == "default" || name == "ROOTCA":
-		return name
-	case len(name) >= 10 && name[:10] == "file-cert:":
-		return "file-cert"
-	case len(name) >= 10 && name[:10] == "file-root:":
-		return "file-root"
-	default:
-		return "other"
-	}
-}

@@ -98,20 +98,7 @@ func Verify(in VerifyInput) (*Bundle, error) {
 	if len(roots) == 0 {
 		return nil, &VerifyError{CheckChain, errors.New("the chain does not end in a self-signed root and no other root is configured")}
 	}
-	rootPool := x509.NewCertPool()
-	for _, r := range roots {
-		rootPool.AddCert(r)
-	}
-	interPool := x509.NewCertPool()
-	for _, c := range rest {
-		interPool.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         rootPool,
-		Intermediates: interPool,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
+	if err := VerifyChain(leaf, rest, roots, now); err != nil {
 		return nil, &VerifyError{CheckChain, err}
 	}
 	chain := append([]*x509.Certificate{leaf}, rest...)
@@ -122,6 +109,27 @@ func Verify(in VerifyInput) (*Bundle, error) {
 		ChainPEM:      EncodeCertificates(chain),
 		RootsPEM:      EncodeCertificates(roots),
 	}, nil
+}
+
+// VerifyChain checks that cert chains through intermediates to one of
+// roots at now: signatures, validity, path lengths and name constraints,
+// whatever the key usage.
+func VerifyChain(cert *x509.Certificate, intermediates, roots []*x509.Certificate, now time.Time) error {
+	rootPool := x509.NewCertPool()
+	for _, r := range roots {
+		rootPool.AddCert(r)
+	}
+	interPool := x509.NewCertPool()
+	for _, c := range intermediates {
+		interPool.AddCert(c)
+	}
+	_, err := cert.Verify(x509.VerifyOptions{
+		Roots:         rootPool,
+		Intermediates: interPool,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	return err
 }
 
 // isSelfSigned reports whether c is a CA certificate signed by its own key.
