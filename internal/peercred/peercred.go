@@ -14,6 +14,7 @@ package peercred
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -142,7 +143,8 @@ func (l *Listener) Accept() (net.Conn, error) {
 		// Recorded before the close, so a caller that sees EOF finds
 		// its refusal counted.
 		if err != nil {
-			l.refuse(Refusal{Cred: Cred{PID: -1}, Reason: err.Error()})
+			// (uid_t)-1 and (gid_t)-1, which no process has: unknown.
+			l.refuse(Refusal{Cred: Cred{PID: -1, UID: math.MaxUint32, GID: math.MaxUint32}, Reason: err.Error()})
 		} else {
 			l.refuse(Refusal{Cred: cred, Reason: "uid and gid not allowed"})
 		}
