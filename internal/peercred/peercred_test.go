@@ -272,3 +272,33 @@ func TestWrapRefusesWhatCannotWork(t *testing.T) {
 		t.Fatalf("Wrap with no uids or gids = %v, want an error", err)
 	}
 }
+
+// BenchmarkGet measures reading SO_PEERCRED, the cost the check adds to
+// each accepted connection.
+func BenchmarkGet(b *testing.B) {
+	dir, err := os.MkdirTemp("", "pc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	lis, err := net.Listen("unix", filepath.Join(dir, "s"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer lis.Close()
+	client, err := net.Dial("unix", lis.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := lis.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	for b.Loop() {
+		if _, err := peercred.Get(conn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
