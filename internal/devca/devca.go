@@ -108,7 +108,8 @@ type Config struct {
 	// ServerNames are extra DNS names or IP addresses for the CA's own TLS
 	// serving certificate.
 	ServerNames []string
-	// Clock tells the time for certificate validity; default clock.Real().
+	// Clock tells the time for certificate validity and token checks, and
+	// paces the JWKS file watch; default clock.Real().
 	Clock clock.Clock
 	// Logger receives issuance and refusal logs; default zap.NewNop().
 	Logger *zap.Logger
