@@ -15,6 +15,7 @@ import (
 	"github.com/sdsagent/sdsagent/internal/debug"
 	"github.com/sdsagent/sdsagent/internal/memtrim"
 	"github.com/sdsagent/sdsagent/internal/metrics"
+	"github.com/sdsagent/sdsagent/internal/peercred"
 	"github.com/sdsagent/sdsagent/internal/pki"
 	"github.com/sdsagent/sdsagent/sds"
 )
@@ -135,6 +136,13 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	tasks := []func(context.Context) error{mgr.Run, srv.Run}
+	var peerCheck func() peercred.Stats
+	if len(cfg.AllowedUIDs) > 0 || len(cfg.AllowedGIDs) > 0 {
+		g := &guardedSDS{srv: srv, path: cfg.Socket, mode: cfg.SocketMode, cfg: peercred.Config{
+			UIDs: cfg.AllowedUIDs, GIDs: cfg.AllowedGIDs, Clock: clock.Real(), Logger: log, Refused: m.SDSConnectionsRefused,
+		}}
+		tasks[1], peerCheck = g.Run, g.Stats
+	}
 	if cfg.OutputDir != "" {
 		out, err := cache.NewOutputWriter(cache.OutputConfig{Dir: cfg.OutputDir, Source: mgr, Logger: log})
 		if err != nil {
@@ -152,6 +160,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 			ToProto:    sds.ToProto,
 			Versions:   srv.Versions,
 			NameErrors: mgr.NameErrors,
+			PeerCheck:  peerCheck,
 			Streams: func() []debug.StreamInfo {
 				in := srv.Streams()
 				out := make([]debug.StreamInfo, len(in))
@@ -184,6 +193,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.String("trust_anchors", cfg.TrustAnchors),
 		zap.Bool("spiffe_validator", cfg.SPIFFEValidator),
 		zap.Int("trust_bundles", len(cfg.TrustBundles)),
+		zap.Uint32s("allowed_uids", cfg.AllowedUIDs),
+		zap.Uint32s("allowed_gids", cfg.AllowedGIDs),
 	)
 	log.Info("workload certificate source", zap.String("source", certSource),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))

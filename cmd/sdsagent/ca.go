@@ -62,6 +62,9 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 		ServerNames: cfg.ServerNames,
 		Clock:       clock.Real(),
 		Logger:      log,
+		JWKSFile:    cfg.JWKSFile,
+		JWTIssuer:   cfg.JWTIssuer,
+		JWTAudience: cfg.JWTAudience,
 	})
 	if err != nil {
 		return err

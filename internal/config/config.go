@@ -60,6 +60,10 @@ type Agent struct {
 	// TrustBundles are the federated trust domains' root files, in the
 	// order given.
 	TrustBundles []TrustBundle
+	// AllowedUIDs and AllowedGIDs, when either is set, are the callers
+	// (SO_PEERCRED uid, primary gid) that may connect to the socket.
+	AllowedUIDs []uint32
+	AllowedGIDs []uint32
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -104,6 +108,8 @@ func AgentSettings() []Setting {
 		{"service-account", "SERVICE_ACCOUNT", "default", "Kubernetes service account of the workload"},
 		{"socket", "SDSAGENT_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "Unix socket Envoy reads SDS from"},
 		{"socket-mode", "SDSAGENT_SOCKET_MODE", "0660", "permissions of the socket: whoever can connect gets the private key"},
+		{"allowed-uids", "SDSAGENT_ALLOWED_UIDS", "", "comma-separated uids that may connect to the socket (checked with SO_PEERCRED before any SDS byte; with --allowed-gids, a caller matching either list may connect; empty: no check)"},
+		{"allowed-gids", "SDSAGENT_ALLOWED_GIDS", "", "comma-separated gids that may connect to the socket, matched against the caller's primary group (empty: no check)"},
 		{"http-addr", "SDSAGENT_HTTP_ADDR", "127.0.0.1:15020", "health, readiness, metrics and debug HTTP endpoint (empty disables)"},
 		{"release-startup-memory", "SDSAGENT_RELEASE_STARTUP_MEMORY", "true", "once the first certificate is served, let the kernel reclaim binary pages only startup used (Linux, lowers resident memory)"},
 		{"key-type", "SDSAGENT_KEY_TYPE", "ecdsa-p256", "workload key: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (Istio's ECC_SIGNATURE_ALGORITHM, ECC_CURVE and WORKLOAD_RSA_KEY_SIZE are honoured when this is not set)"},
@@ -168,6 +174,9 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	a.SPIFFEValidator = r.boolean("spiffe-validator")
 	a.TrustBundles = r.trustBundles("trust-bundle", a.TrustDomain)
 	a.KeyType = r.keyType()
+	// Who may connect to the socket, besides its file mode.
+	a.AllowedUIDs = r.ids("allowed-uids", "uid")
+	a.AllowedGIDs = r.ids("allowed-gids", "gid")
 	if err := r.err(); err != nil {
 		return Agent{}, err
 	}
@@ -209,6 +218,11 @@ type CA struct {
 	MaxTTL      time.Duration
 	ServerNames []string
 	Log         Log
+	// JWKSFile, when set, makes the CA accept Kubernetes service-account
+	// tokens signed by its keys instead of the development token.
+	JWKSFile    string
+	JWTIssuer   string
+	JWTAudience string
 }
 
 // CASettings lists the settings of `sdsagent ca`.
@@ -219,6 +233,9 @@ func CASettings() []Setting {
 		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "the only trust domain the CA signs"},
 		{"max-ttl", "SDSAGENT_CA_MAX_TTL", "24h", "longest certificate lifetime the CA grants; longer requests are refused"},
 		{"server-names", "SDSAGENT_CA_SERVER_NAMES", "", "extra comma-separated DNS names or IPs for the CA's serving certificate"},
+		{"jwks", "SDSAGENT_CA_JWKS", "", "JWKS file of the keys that sign Kubernetes service-account tokens (kubectl get --raw /openid/v1/jwks; watched): callers then authenticate with such a token and get only their own service account's identity (empty: the development token, which gets any identity)"},
+		{"jwt-issuer", "SDSAGENT_CA_JWT_ISSUER", "", "issuer (iss) the tokens must carry, e.g. https://kubernetes.default.svc.cluster.local (required with --jwks)"},
+		{"jwt-audience", "SDSAGENT_CA_JWT_AUDIENCE", "istio-ca", "audience (aud) the tokens must carry"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "console", "json or console"},
 	}
@@ -244,6 +261,9 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 		TrustDomain: r.str("trust-domain"),
 		MaxTTL:      r.duration("max-ttl"),
 		Log:         Log{Level: r.str("log-level"), Format: r.str("log-format")},
+		JWKSFile:    r.str("jwks"),
+		JWTIssuer:   r.str("jwt-issuer"),
+		JWTAudience: r.str("jwt-audience"),
 	}
 	for _, n := range strings.Split(r.str("server-names"), ",") {
 		if n = strings.TrimSpace(n); n != "" {
@@ -258,6 +278,9 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 	}
 	if c.MaxTTL <= 0 {
 		return CA{}, fmt.Errorf("--max-ttl must be positive, got %s", c.MaxTTL)
+	}
+	if err := c.checkJWT(); err != nil {
+		return CA{}, err
 	}
 	if err := c.Log.validate(); err != nil {
 		return CA{}, err

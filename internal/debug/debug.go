@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/peercred"
 )
 
 // Secrets supplies the secrets the agent serves. Snapshot must be safe
@@ -77,6 +78,9 @@ type Config struct {
 	// Streams returns the open SDS streams (sds.Server.Streams); nil
 	// leaves /debug/sds out.
 	Streams func() []StreamInfo
+	// PeerCheck returns the socket's uid/gid check and its refusals
+	// (peercred.Listener.Stats); nil when the check is off.
+	PeerCheck func() peercred.Stats
 	// Logger receives the server's logs, under the name "debug".
 	Logger *zap.Logger
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/peercred"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
@@ -201,6 +202,9 @@ type sdsView struct {
 	// NameErrors says, per wanted name that cannot be served now, why:
 	// a malformed name, a missing or refused file.
 	NameErrors map[string]string `json:"name_errors"`
+	// PeerCheck is the socket's uid/gid allowlist and its refusals;
+	// absent when the check is off.
+	PeerCheck *peercred.Stats `json:"peer_check,omitempty"`
 }
 
 func (s *Server) sdsState() sdsView {
@@ -224,6 +228,10 @@ func (s *Server) sdsState() sdsView {
 		for name, e := range s.cfg.NameErrors() {
 			view.NameErrors[name] = e
 		}
+	}
+	if s.cfg.PeerCheck != nil {
+		pc := s.cfg.PeerCheck()
+		view.PeerCheck = &pc
 	}
 	return view
 }

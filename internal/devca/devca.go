@@ -9,8 +9,10 @@
 // InitRoot and InitIntermediate create for an offline root shared by
 // several meshes.
 //
-// It is not meant for production: the CA key sits unencrypted on disk and
-// every caller holding the token can obtain any identity in the trust domain.
+// It is not meant for production: the CA key sits unencrypted on disk.
+// By default every caller holding the token can obtain any identity in the
+// trust domain; with Config.JWKSFile it accepts Kubernetes service-account
+// tokens instead and binds each to its own service account's identity.
 package devca
 
 import (
@@ -106,14 +108,27 @@ type Config struct {
 	// ServerNames are extra DNS names or IP addresses for the CA's own TLS
 	// serving certificate.
 	ServerNames []string
-	// Clock tells the time for certificate validity; default clock.Real().
+	// Clock tells the time for certificate validity and token checks, and
+	// paces the JWKS file watch; default clock.Real().
 	Clock clock.Clock
 	// Logger receives issuance and refusal logs; default zap.NewNop().
 	Logger *zap.Logger
+	// JWKSFile, when set, replaces the development token: callers present
+	// a Kubernetes service-account token signed by a key of this JWKS file
+	// (kubectl get --raw /openid/v1/jwks), and system:serviceaccount:NS:SA
+	// may get only spiffe://TD/ns/NS/sa/SA. Serve reloads the file when it
+	// changes.
+	JWKSFile string
+	// JWTIssuer is the iss the tokens must carry; required with JWKSFile.
+	JWTIssuer string
+	// JWTAudience is an aud the tokens must carry; default
+	// DefaultJWTAudience.
+	JWTAudience string
 }
 
 // CA signs SPIFFE workload certificates for one trust domain. It is safe
-// for concurrent use; its state does not change after New.
+// for concurrent use; its state does not change after New, except the
+// JWKS keys Serve reloads.
 type CA struct {
 	dir         string
 	trustDomain string
@@ -126,6 +141,7 @@ type CA struct {
 	rootPEM []byte
 	token   []byte
 	tlsCert tls.Certificate
+	jwt     *jwtAuth // nil: the development token
 }
 
 // New loads the CA state from cfg.Dir, or creates a self-signed root if
@@ -144,6 +160,11 @@ func New(cfg Config) (*CA, error) {
 		defaultTTL:  cfg.DefaultTTL,
 		clock:       cfg.Clock,
 		log:         cfg.Logger.Named("devca"),
+	}
+	if cfg.JWKSFile != "" {
+		if ca.jwt, err = newJWTAuth(cfg.JWKSFile, cfg.JWTIssuer, cfg.JWTAudience); err != nil {
+			return nil, fmt.Errorf("devca: %w", err)
+		}
 	}
 	st, err := loadOrCreateState(cfg.Dir, cfg.TrustDomain, ca.clock.Now(), ca.log)
 	if err != nil {

@@ -39,6 +39,8 @@ func (ca *CA) Serve(ctx context.Context, lis net.Listener) error {
 
 	log := ca.log.With(zap.String("addr", lis.Addr().String()))
 	log.Info("serving")
+	stopWatch := ca.startAuth(ctx, log)
+	defer stopWatch()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 
@@ -97,8 +99,12 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCerti
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		log = log.With(zap.String("peer", p.Addr.String()))
 	}
-	if err := ca.authenticate(md); err != nil {
+	sa, err := ca.authenticate(md)
+	if err != nil {
 		return nil, refusedStatus(log, err)
+	}
+	if sa != nil {
+		log = log.With(zap.String("subject", sa.subject()))
 	}
 	if req == nil {
 		return nil, refusedStatus(log, refuse(refusedInvalid, "request is empty"))
@@ -108,6 +114,9 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCerti
 		return nil, refusedStatus(log, err)
 	}
 	log = log.With(zap.String("spiffe_id", id.String()))
+	if err := ca.authorize(sa, id.String()); err != nil {
+		return nil, refusedStatus(log, err)
+	}
 	ttl, err := requestedTTL(req.GetValidityDuration(), ca.defaultTTL, ca.maxTTL)
 	if err != nil {
 		return nil, refusedStatus(log, err)
@@ -129,31 +138,49 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCerti
 	return &securityapi.IstioCertificateResponse{CertChain: chain}, nil
 }
 
-// authenticate checks the "authorization: Bearer <token>" metadata against
-// the CA's token in constant time. Its errors never contain the token.
-func (ca *CA) authenticate(md metadata.MD) error {
-	vals := md.Get("authorization")
-	switch len(vals) {
-	case 0:
-		return refuse(refusedUnauthenticated, `missing "authorization: Bearer <token>" metadata`)
-	case 1:
-	default:
-		return refuse(refusedUnauthenticated, "more than one authorization metadata value")
+// authenticate checks the "authorization: Bearer <token>" metadata: a
+// service-account token when the CA has a JWKS, whose service account it
+// returns, else the CA's development token, compared in constant time
+// (nil service account: any identity). Its errors never contain the token.
+func (ca *CA) authenticate(md metadata.MD) (*serviceAccount, error) {
+	token, err := bearerToken(md)
+	if err != nil {
+		return nil, err
 	}
-	scheme, token, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return refuse(refusedUnauthenticated, "authorization metadata is not a Bearer token")
-	}
-	token = strings.TrimSpace(token)
-	if token == "" {
-		return refuse(refusedUnauthenticated, "bearer token is empty")
+	if ca.jwt != nil {
+		sa, err := ca.jwt.verify(token, ca.clock.Now())
+		if err != nil {
+			return nil, err
+		}
+		return &sa, nil
 	}
 	// Hashing first makes the comparison constant time for any length.
 	got, want := sha256.Sum256([]byte(token)), sha256.Sum256(ca.token)
 	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-		return refuse(refusedUnauthenticated, "bearer token does not match this CA's token")
+		return nil, refuse(refusedUnauthenticated, "bearer token does not match this CA's token")
 	}
-	return nil
+	return nil, nil
+}
+
+// bearerToken returns the token of the one "authorization: Bearer" value.
+func bearerToken(md metadata.MD) (string, error) {
+	vals := md.Get("authorization")
+	switch len(vals) {
+	case 0:
+		return "", refuse(refusedUnauthenticated, `missing "authorization: Bearer <token>" metadata`)
+	case 1:
+	default:
+		return "", refuse(refusedUnauthenticated, "more than one authorization metadata value")
+	}
+	scheme, token, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", refuse(refusedUnauthenticated, "authorization metadata is not a Bearer token")
+	}
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", refuse(refusedUnauthenticated, "bearer token is empty")
+	}
+	return token, nil
 }
 
 // requestedTTL turns validity_duration seconds into a lifetime: def when

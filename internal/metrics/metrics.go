@@ -41,6 +41,9 @@ type Metrics struct {
 	SDSUnknownNames prometheus.Counter
 	// FileErrors counts failures to read or parse file-backed secrets.
 	FileErrors *prometheus.CounterVec
+	// SDSConnectionsRefused counts socket connections closed by the
+	// --allowed-uids/--allowed-gids check.
+	SDSConnectionsRefused prometheus.Counter
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -85,11 +88,16 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "file_errors_total",
 			Help: "Failures to read or validate file-backed secrets, by reason.",
 		}, []string{"reason"}),
+		SDSConnectionsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "sds_connections_refused_total",
+			Help: "SDS socket connections closed unread because the caller's uid and gid are not allowed (--allowed-uids, --allowed-gids).",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
+			m.SDSConnectionsRefused,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
