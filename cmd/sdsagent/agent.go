@@ -120,6 +120,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		RootOverlap:      cfg.RootOverlap,
 		SPIFFEValidator:  cfg.SPIFFEValidator,
 		TrustBundleFiles: bundles,
+		CRLFile:          cfg.CRLFile,
 	})
 	if err != nil {
 		return err
@@ -184,6 +185,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.String("trust_anchors", cfg.TrustAnchors),
 		zap.Bool("spiffe_validator", cfg.SPIFFEValidator),
 		zap.Int("trust_bundles", len(cfg.TrustBundles)),
+		zap.String("crl_file", cfg.CRLFile),
 	)
 	log.Info("workload certificate source", zap.String("source", certSource),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))

@@ -60,6 +60,8 @@ type Agent struct {
 	// TrustBundles are the federated trust domains' root files, in the
 	// order given.
 	TrustBundles []TrustBundle
+	// CRLFile is a PEM file of CRLs served in ROOTCA; empty: none.
+	CRLFile string
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -118,6 +120,7 @@ func AgentSettings() []Setting {
 		{"root-overlap", "SDSAGENT_ROOT_OVERLAP", "", "how long ROOTCA keeps a root after the CA's answers moved to another root (default: --secret-ttl, by when every peer certificate under the old root has expired)"},
 		{"spiffe-validator", "SDSAGENT_SPIFFE_VALIDATOR", "false", "serve ROOTCA for Envoy's SPIFFE certificate validator (custom_validator_config, one trust bundle per trust domain) instead of trusted_ca; the name ALL always has that form"},
 		{"trust-bundle", "SDSAGENT_TRUST_BUNDLES", "", "TD=PATH: PEM roots of the federated trust domain TD, served as its own bundle in the SPIFFE form (repeatable or comma-separated; watched)"},
+		{"crl-file", "SDSAGENT_CRL_FILE", "", "PEM file of CRLs (e.g. `sdsagent ca`'s crl.pem) served in ROOTCA for Envoy to refuse revoked peers; each must be signed by a trusted root or an intermediate of the workload's chain (watched; a refused file keeps the previous CRLs)"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
@@ -167,6 +170,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	a.RootOverlap = r.optionalDuration("root-overlap")
 	a.SPIFFEValidator = r.boolean("spiffe-validator")
 	a.TrustBundles = r.trustBundles("trust-bundle", a.TrustDomain)
+	a.CRLFile = r.str("crl-file")
 	a.KeyType = r.keyType()
 	if err := r.err(); err != nil {
 		return Agent{}, err
@@ -208,6 +212,7 @@ type CA struct {
 	TrustDomain string
 	MaxTTL      time.Duration
 	ServerNames []string
+	CRLValidity time.Duration
 	Log         Log
 }
 
@@ -219,6 +224,7 @@ func CASettings() []Setting {
 		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "the only trust domain the CA signs"},
 		{"max-ttl", "SDSAGENT_CA_MAX_TTL", "24h", "longest certificate lifetime the CA grants; longer requests are refused"},
 		{"server-names", "SDSAGENT_CA_SERVER_NAMES", "", "extra comma-separated DNS names or IPs for the CA's serving certificate"},
+		{"crl-validity", "SDSAGENT_CA_CRL_VALIDITY", "24h", "lifetime of the CRL published as DIR/crl.pem (NextUpdate - ThisUpdate); re-signed at half of it"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "console", "json or console"},
 	}
@@ -243,6 +249,7 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 		Dir:         r.str("dir"),
 		TrustDomain: r.str("trust-domain"),
 		MaxTTL:      r.duration("max-ttl"),
+		CRLValidity: r.duration("crl-validity"),
 		Log:         Log{Level: r.str("log-level"), Format: r.str("log-format")},
 	}
 	for _, n := range strings.Split(r.str("server-names"), ",") {
@@ -258,6 +265,9 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 	}
 	if c.MaxTTL <= 0 {
 		return CA{}, fmt.Errorf("--max-ttl must be positive, got %s", c.MaxTTL)
+	}
+	if c.CRLValidity <= 0 {
+		return CA{}, fmt.Errorf("--crl-validity must be positive, got %s", c.CRLValidity)
 	}
 	if err := c.Log.validate(); err != nil {
 		return CA{}, err

@@ -41,6 +41,8 @@ type Metrics struct {
 	SDSUnknownNames prometheus.Counter
 	// FileErrors counts failures to read or parse file-backed secrets.
 	FileErrors *prometheus.CounterVec
+	// CRLStale is the number of served CRLs past their NextUpdate.
+	CRLStale prometheus.Gauge
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -85,11 +87,15 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "file_errors_total",
 			Help: "Failures to read or validate file-backed secrets, by reason.",
 		}, []string{"reason"}),
+		CRLStale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "crl_stale",
+			Help: "CRLs served in ROOTCA that are past their NextUpdate (peers that check CRL times refuse certificates of their issuers).",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
-			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
+			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors, m.CRLStale,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
