@@ -254,11 +254,11 @@ func (t *trust) addCRLsLocked(sec *Secret, own []*x509.Certificate) {
 	sec.Bundles = bundles
 }
 
-// checkStaleCRLs logs each served CRL that passed its NextUpdate at now
-// (once), sets the stale gauge, and returns when the next one will.
-func (t *trust) checkStaleCRLs(now time.Time) (time.Time, bool) {
-	now = now.Round(0)
+// checkStaleCRLs logs each served CRL that passed its NextUpdate (once),
+// sets the stale gauge, and returns when the next one will.
+func (t *trust) checkStaleCRLs() (time.Time, bool) {
 	t.mu.Lock()
+	now := t.clock.Now().Round(0)
 	var (
 		stale int
 		next  time.Time
@@ -306,10 +306,10 @@ func (m *Manager) runCRL(ctx context.Context) {
 		}
 	}()
 	for {
-		now := m.cfg.Clock.Now()
 		var timerC <-chan time.Time
-		if at, ok := m.trust.checkStaleCRLs(now); ok {
-			timer = m.cfg.Clock.NewTimer(min(at.Round(0).Sub(now.Round(0)), m.cfg.WakeInterval))
+		if at, ok := m.trust.checkStaleCRLs(); ok {
+			wait := at.Round(0).Sub(m.cfg.Clock.Now().Round(0))
+			timer = m.cfg.Clock.NewTimer(min(wait, m.cfg.WakeInterval))
 			timerC = timer.C()
 		}
 		select {

@@ -56,3 +56,25 @@ func EncodeCRLs(crls []*x509.RevocationList) []byte {
 	}
 	return buf.Bytes()
 }
+
+// WithoutCRLs returns data without its PEM CRL blocks, e.g. the roots of
+// a SPIFFE trust bundle that carries CRLs for Envoy. Other blocks and any
+// trailing bytes are kept as they are, so parsing the result still finds
+// a truncated file.
+func WithoutCRLs(data []byte) []byte {
+	if !bytes.Contains(data, []byte("-----BEGIN "+CRLBlockType+"-----")) {
+		return data
+	}
+	var out []byte
+	rest := data
+	for {
+		block, next := pem.Decode(rest)
+		if block == nil {
+			return append(out, rest...)
+		}
+		if block.Type != CRLBlockType {
+			out = append(out, pem.EncodeToMemory(block)...)
+		}
+		rest = next
+	}
+}
