@@ -271,3 +271,34 @@ func TestRevocationEndToEnd(t *testing.T) {
 		}
 	})
 }
+
+// TestRevocationSPIFFEValidatorForm: with --spiffe-validator and the
+// self-signed sdsagent ca, whose CRL covers every CA of the chain, the
+// CRL sits in the own trust domain's bundle, where Envoy's SPIFFE
+// validator reads it; the crl field stays empty; `sdsagent secrets`
+// still lists the root.
+func TestRevocationSPIFFEValidatorForm(t *testing.T) {
+	ca := startCA(t, "127.0.0.1:0")
+	ca.logs.waitLine(t, "crl published")
+	a := startAgent(t, ca.agentArgs(filepath.Join(tempDir(t), "a.sock"), "--spiffe-validator", "--crl-file", filepath.Join(ca.dir, "crl.pem")))
+	w := watch(t, a.socket, "default", "ROOTCA")
+	crlPEM, err := os.ReadFile(filepath.Join(ca.dir, "crl.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.until("the CRL in the own bundle", func() bool {
+		cfg, ok, err := sdstest.SPIFFEValidatorConfig(w.cur["ROOTCA"])
+		return err == nil && ok && bytes.HasSuffix(cfg.GetTrustDomains()[0].GetTrustBundle().GetInlineBytes(), crlPEM)
+	})
+	if err := w.cur["ROOTCA"].ValidateAll(); err != nil {
+		t.Fatal(err)
+	}
+	if w.cur["ROOTCA"].GetValidationContext().GetCrl() != nil {
+		t.Fatal("crl field set in the SPIFFE form; Envoy's SPIFFE validator ignores it")
+	}
+	mtls(t, "with itself", w.identity(), w.identity())
+	code, out := runCmd(t, "secrets", "--http-addr", a.http)
+	if code != 0 || !strings.Contains(out, "ROOTCA") {
+		t.Fatalf("sdsagent secrets exited %d:\n%s", code, out)
+	}
+}
