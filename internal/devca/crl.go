@@ -172,6 +172,11 @@ func (ca *CA) CRLPath() string { return filepath.Join(ca.dir, crlFile) }
 // returns nil when ctx ends; a failure to publish is logged and retried.
 func (ca *CA) RunCRL(ctx context.Context) error {
 	log := ca.log.Named("crl")
+	if err := checkCRLSigner(ca.signer.chain[0]); err != nil {
+		log.Warn("no crl published; revocation is unavailable", zap.Error(err))
+		<-ctx.Done()
+		return nil
+	}
 	for {
 		next, err := ca.refreshCRL(log)
 		now := ca.clock.Now()
@@ -351,7 +356,19 @@ func loadCRLSigner(dir string) (crypto.Signer, *x509.Certificate, error) {
 	if err := keyMatchesCert(key, certs[0]); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w in %s", caKeyFile, err, certName)
 	}
+	if err := checkCRLSigner(certs[0]); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certName, err)
+	}
 	return key, certs[0], nil
+}
+
+// checkCRLSigner refuses a signing certificate whose key usage does not
+// allow signing CRLs: peers would reject its CRLs.
+func checkCRLSigner(c *x509.Certificate) error {
+	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCRLSign == 0 {
+		return fmt.Errorf("the signing certificate %s lacks the CRL sign key usage; re-issue it with keyUsage cRLSign (sdsagent ca init-intermediate does) to publish CRLs", certName(c))
+	}
+	return nil
 }
 
 // lockCRL takes an exclusive lock on dir's CRL lock file, waiting for

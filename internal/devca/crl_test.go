@@ -2,7 +2,9 @@ package devca_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -10,9 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
 	"github.com/sdsagent/sdsagent/internal/devca"
 	"github.com/sdsagent/sdsagent/internal/pki"
+	"github.com/sdsagent/sdsagent/internal/testpki"
 )
 
 // readCRL parses dir/crl.pem, which must hold exactly one CRL.
@@ -212,5 +219,49 @@ func TestRunCRL_ResignsBeforeNextUpdate(t *testing.T) {
 	park()
 	if got := readCRL(t, dir); got.Number.Int64() != 4 || revokedReason(got, big.NewInt(0xbeef)) != 0 {
 		t.Fatalf("CRL number %v, entries %+v; want a re-signed CRL 4 that keeps the revocation", got.Number, got.RevokedCertificateEntries)
+	}
+}
+
+// TestCRL_SigningCertWithoutCRLSign: an intermediate that may not sign
+// CRLs gets a clear error from revoke and a warning from a running CA,
+// which publishes nothing rather than retrying forever.
+func TestCRL_SigningCertWithoutCRLSign(t *testing.T) {
+	root := testpki.NewRoot(t, "root")
+	key := testpki.NewKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(77), Subject: pkix.Name{CommonName: "no crl sign"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, key.Public(), root.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	inter := &testpki.CA{Cert: cert, Key: key, CertPEM: testpki.EncodeCert(der), Parent: root}
+	dir := filepath.Join(t.TempDir(), "ca")
+	writePlugged(t, dir, inter, [][]byte{inter.CertPEM, root.CertPEM}, root.CertPEM)
+
+	if _, err := devca.Revoke(devca.RevokeConfig{Dir: dir, Serial: "1"}); err == nil || !strings.Contains(err.Error(), "lacks the CRL sign key usage") {
+		t.Fatalf("Revoke: %v, want the missing CRL sign key usage named", err)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	ca := newCA(t, devca.Config{Dir: dir, Logger: zap.New(core)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ca.RunCRL(ctx) }()
+	deadline := time.Now().Add(waitTimeout)
+	for logs.FilterMessage("no crl published; revocation is unavailable").Len() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning; logs %v", logs.All())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("RunCRL: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "crl.pem")); !os.IsNotExist(err) {
+		t.Fatalf("crl.pem published (stat %v)", err)
 	}
 }
