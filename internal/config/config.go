@@ -120,7 +120,7 @@ func AgentSettings() []Setting {
 		{"root-overlap", "SDSAGENT_ROOT_OVERLAP", "", "how long ROOTCA keeps a root after the CA's answers moved to another root (default: --secret-ttl, by when every peer certificate under the old root has expired)"},
 		{"spiffe-validator", "SDSAGENT_SPIFFE_VALIDATOR", "false", "serve ROOTCA for Envoy's SPIFFE certificate validator (custom_validator_config, one trust bundle per trust domain) instead of trusted_ca; the name ALL always has that form"},
 		{"trust-bundle", "SDSAGENT_TRUST_BUNDLES", "", "TD=PATH: PEM roots of the federated trust domain TD, served as its own bundle in the SPIFFE form (repeatable or comma-separated; watched)"},
-		{"crl-file", "SDSAGENT_CRL_FILE", "", "PEM file of CRLs (e.g. `sdsagent ca`'s crl.pem) served in ROOTCA for Envoy to refuse revoked peers; each must be signed by a trusted root or an intermediate of the workload's chain (watched; a refused file keeps the previous CRLs)"},
+		{"crl-file", "SDSAGENT_CRL_FILE", "", "PEM file of CRLs (e.g. `sdsagent ca`'s crl.pem) served in ROOTCA for Envoy to refuse revoked peers; each must be signed by a root of the own trust domain or an intermediate of the workload's chain (watched; a refused file keeps the previous CRLs)"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
