@@ -29,6 +29,8 @@ type fileSpec struct {
 	// allowEmpty takes a ca file holding only white space as no
 	// certificates rather than refusing it (the trust anchors file).
 	allowEmpty bool
+	// crl reads the ca file as PEM CRLs (the CRL file).
+	crl bool
 }
 
 // isFileName reports whether name asks for a file-backed resource,

@@ -337,6 +337,8 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 		switch {
 		case e.spec.system:
 			sec, digest, err = loadSystemRoots(e.name, r.systemRoots)
+		case e.spec.crl:
+			sec, digest, err = loadCRLFile(e.name, e.spec.ca)
 		case e.spec.kind == TLSCertificate:
 			sec, digest, err = loadKeyPair(e.name, e.spec.cert, e.spec.key, r.clock.Now())
 		case e.spec.allowEmpty:

@@ -90,6 +90,11 @@ type Config struct {
 	// served as its own bundle in the SPIFFE form; watched like
 	// TrustAnchorsFile, but an empty file is refused.
 	TrustBundleFiles []TrustBundleFile
+	// CRLFile, when set, is a PEM file of CRLs served in ROOTCA (see
+	// crl.go): watched like TrustAnchorsFile; a CRL no trusted CA signed
+	// is refused. The workload certificate is renewed at once when it is
+	// in one.
+	CRLFile string
 	// FileDebounce and FileResync shape how file-backed secrets are
 	// watched (see filewatch.Config); zero means filewatch's defaults.
 	FileDebounce, FileResync time.Duration
@@ -171,6 +176,8 @@ type Manager struct {
 	trust *trust
 	// caRootChanged wakes the renewal loop when CARootCertFile changed.
 	caRootChanged chan struct{}
+	// leafRevoked wakes the renewal loop when the leaf is in a CRL.
+	leafRevoked chan struct{}
 
 	mu     sync.Mutex
 	status Status
@@ -244,6 +251,7 @@ func New(cfg Config) (*Manager, error) {
 		log:           cfg.Logger.Named("cache"),
 		store:         NewStore(cfg.Clock),
 		caRootChanged: make(chan struct{}, 1),
+		leafRevoked:   make(chan struct{}, 1),
 	}
 	m.trust = newTrust(trustConfig{
 		store:       m.store,
@@ -293,6 +301,7 @@ func New(cfg Config) (*Manager, error) {
 			spec: fileSpec{kind: ValidationContext, ca: b.Path},
 			sink: func(sec *Secret, _ bool) { m.trust.setBundle(td, sec.Certs) }})
 	}
+	m.addCRLFile()
 	return m, nil
 }
 
@@ -413,10 +422,14 @@ func (m *Manager) Ready() error {
 func (m *Manager) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	filesDone := make(chan struct{})
+	filesDone, crlDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(filesDone)
 		m.files.run(ctx)
+	}()
+	go func() {
+		defer close(crlDone)
+		m.runCRL(ctx)
 	}()
 	if dir := m.cfg.MountedCertDir; dir != "" {
 		m.log.Info("serving the workload certificate from files; no CA is called",
@@ -430,6 +443,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	cancel()
 	<-filesDone
+	<-crlDone
 	return nil
 }
 
@@ -533,6 +547,10 @@ func (m *Manager) renew(ctx context.Context) {
 			}
 			m.log.Info("ca root file changed; renewing the workload certificate",
 				zap.String("file", m.cfg.CARootCertFile), zap.Time("renew_at", renewAt))
+		case <-m.leafRevoked:
+			t.Stop()
+			renewAt = m.cfg.Clock.Now()
+			m.setNextRenewal(renewAt)
 		}
 	}
 }

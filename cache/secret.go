@@ -65,6 +65,11 @@ type Secret struct {
 	// Bundles, those of the agent's own trust domain, which are then not
 	// served as such but are what OutputWriter writes.
 	TrustedCAPEM []byte
+	// CRLPEM holds the CRLs served with TrustedCAPEM (ValidationContext
+	// without Bundles), and OnlyVerifyLeafCRL says that they cover leaves
+	// only: not every CA up to the roots has its CRL in CRLPEM.
+	CRLPEM            []byte
+	OnlyVerifyLeafCRL bool
 	// Bundles, when not empty, make a ValidationContext a set of SPIFFE
 	// trust bundles, one per trust domain in this order, served for
 	// Envoy's SPIFFE certificate validator instead of TrustedCAPEM.
@@ -88,8 +93,9 @@ func (s *Secret) SameContent(o *Secret) bool {
 		bytes.Equal(s.CertChainPEM, o.CertChainPEM) &&
 		bytes.Equal(s.PrivateKeyPEM, o.PrivateKeyPEM) &&
 		bytes.Equal(s.TrustedCAPEM, o.TrustedCAPEM) &&
+		bytes.Equal(s.CRLPEM, o.CRLPEM) && s.OnlyVerifyLeafCRL == o.OnlyVerifyLeafCRL &&
 		slices.EqualFunc(s.Bundles, o.Bundles, func(a, b TrustBundle) bool {
-			return a.TrustDomain == b.TrustDomain && bytes.Equal(a.RootsPEM, b.RootsPEM)
+			return a.TrustDomain == b.TrustDomain && bytes.Equal(a.RootsPEM, b.RootsPEM) && bytes.Equal(a.CRLPEM, b.CRLPEM)
 		})
 }
 
@@ -100,6 +106,9 @@ type TrustBundle struct {
 	TrustDomain string
 	// RootsPEM is Roots in PEM.
 	RootsPEM []byte
+	// CRLPEM are CRLs served inside the bundle, where Envoy's SPIFFE
+	// validator reads them (it checks every CA of a chain then).
+	CRLPEM []byte
 	// Roots verify certificates of the trust domain.
 	Roots []*x509.Certificate
 }

@@ -58,6 +58,8 @@ type trust struct {
 	// changed.
 	served        []*x509.Certificate
 	servedBundles map[string][]*x509.Certificate
+	// crl is the CRL file's state (see crl.go).
+	crl crlTrust
 }
 
 // retiringRoot is a root the CA no longer signs under, trusted until
@@ -235,6 +237,7 @@ func (t *trust) publishLocked(also ...*Secret) []rootsChange {
 		return nil
 	}
 	own := composeRoots(t.primary, t.retiring, t.anchors)
+	t.acceptCRLsLocked(own, t.chainLocked(also))
 	bundles := t.bundlesFor(own)
 	set := append(slices.Clone(also), t.rootsSecret(RootCertName, own, bundles, t.spiffe))
 	var remove []string
@@ -302,7 +305,22 @@ func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []Trus
 		}
 		sec.Certs = dedupCerts(all)
 	}
+	t.addCRLsLocked(sec, own)
 	return sec
+}
+
+// chainLocked returns the workload chain being published in also, or
+// else the one served.
+func (t *trust) chainLocked(also []*Secret) []*x509.Certificate {
+	for _, s := range also {
+		if s.Name == WorkloadCertName {
+			return s.Certs
+		}
+	}
+	if s, ok := t.store.Snapshot().Get(WorkloadCertName); ok {
+		return s.Certs
+	}
+	return nil
 }
 
 // logChanges logs each trust domain whose roots changed.

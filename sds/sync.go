@@ -110,9 +110,12 @@ func ToProto(sec *cache.Secret) (*tlsv3.Secret, error) {
 		if len(sec.TrustedCAPEM) == 0 {
 			return nil, errors.New("convert secret: empty trusted ca")
 		}
-		msg.Type = &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-			TrustedCa: inlineBytes(sec.TrustedCAPEM),
-		}}
+		vc := &tlsv3.CertificateValidationContext{TrustedCa: inlineBytes(sec.TrustedCAPEM)}
+		if len(sec.CRLPEM) > 0 {
+			vc.Crl = inlineBytes(sec.CRLPEM)
+			vc.OnlyVerifyLeafCertCrl = sec.OnlyVerifyLeafCRL
+		}
+		msg.Type = &tlsv3.Secret_ValidationContext{ValidationContext: vc}
 	default:
 		return nil, fmt.Errorf("convert secret: unsupported kind %d", int(sec.Kind))
 	}
@@ -133,9 +136,15 @@ func spiffeValidationContext(bundles []cache.TrustBundle) (*tlsv3.CertificateVal
 		if len(b.RootsPEM) == 0 {
 			return nil, fmt.Errorf("convert secret: trust domain %q: empty trust bundle", b.TrustDomain)
 		}
+		// The SPIFFE validator ignores the crl field; it takes CRLs
+		// from the bundle's PEM.
+		bundle := b.RootsPEM
+		if len(b.CRLPEM) > 0 {
+			bundle = append(append([]byte(nil), b.RootsPEM...), b.CRLPEM...)
+		}
 		cfg.TrustDomains = append(cfg.TrustDomains, &tlsv3.SPIFFECertValidatorConfig_TrustDomain{
 			Name:        b.TrustDomain,
-			TrustBundle: inlineBytes(b.RootsPEM),
+			TrustBundle: inlineBytes(bundle),
 		})
 	}
 	if err := cfg.ValidateAll(); err != nil {

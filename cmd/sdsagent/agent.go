@@ -121,6 +121,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		RootOverlap:      cfg.RootOverlap,
 		SPIFFEValidator:  cfg.SPIFFEValidator,
 		TrustBundleFiles: bundles,
+		CRLFile:          cfg.CRLFile,
 	})
 	if err != nil {
 		return err
@@ -195,6 +196,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.Int("trust_bundles", len(cfg.TrustBundles)),
 		zap.Uint32s("allowed_uids", cfg.AllowedUIDs),
 		zap.Uint32s("allowed_gids", cfg.AllowedGIDs),
+		zap.String("crl_file", cfg.CRLFile),
 	)
 	log.Info("workload certificate source", zap.String("source", certSource),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))

@@ -27,12 +27,14 @@ self-signed root. These make an offline root and one intermediate per mesh:
   sdsagent ca init-intermediate --root-dir ROOTDIR --dir MESHDIR --trust-domain TD [flags]
       write ca-cert.pem, ca-key.pem, root-cert.pem and cert-chain.pem into
       MESHDIR, for "sdsagent ca --dir MESHDIR"
+  sdsagent ca revoke --dir DIR --serial HEX [--reason REASON]
+      record a revocation and publish DIR/crl.pem at once (the CA may run)
 
-Run "sdsagent ca init-root --help" or "sdsagent ca init-intermediate --help"
-for their flags.
+Run "sdsagent ca init-root --help", "sdsagent ca init-intermediate --help"
+or "sdsagent ca revoke --help" for their flags.
 `
 
-// runCA is `sdsagent ca`, and `sdsagent ca init-root|init-intermediate`.
+// runCA is `sdsagent ca`, and `sdsagent ca init-root|init-intermediate|revoke`.
 func runCA(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
@@ -40,6 +42,8 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 			return runCAInitRoot(args[1:], getenv, stderr)
 		case "init-intermediate":
 			return runCAInitIntermediate(args[1:], getenv, stderr)
+		case "revoke":
+			return runCARevoke(args[1:], getenv, stderr)
 		}
 	}
 	cfg, err := config.ParseCA(args, getenv, stderr)
@@ -60,6 +64,7 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 		TrustDomain: cfg.TrustDomain,
 		MaxTTL:      cfg.MaxTTL,
 		ServerNames: cfg.ServerNames,
+		CRLValidity: cfg.CRLValidity,
 		Clock:       clock.Real(),
 		Logger:      log,
 		JWKSFile:    cfg.JWKSFile,
@@ -80,8 +85,31 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 		zap.String("root_cert", ca.RootCertPath()),
 		zap.String("token_file", ca.TokenPath()),
 		zap.Duration("max_ttl", cfg.MaxTTL),
+		zap.String("crl", ca.CRLPath()),
 	)
-	return ca.Serve(ctx, lis)
+	return runAll(ctx, func(ctx context.Context) error { return ca.Serve(ctx, lis) }, ca.RunCRL)
+}
+
+// runCARevoke is `sdsagent ca revoke`.
+func runCARevoke(args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg, err := config.ParseCARevoke(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	_, err = devca.Revoke(devca.RevokeConfig{
+		Dir:         cfg.Dir,
+		Serial:      cfg.Serial,
+		Reason:      cfg.Reason,
+		CRLValidity: cfg.CRLValidity,
+		Clock:       clock.Real(),
+		Logger:      log,
+	})
+	return err
 }
 
 // runCAInitRoot is `sdsagent ca init-root`.

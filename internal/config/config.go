@@ -64,6 +64,8 @@ type Agent struct {
 	// (SO_PEERCRED uid, primary gid) that may connect to the socket.
 	AllowedUIDs []uint32
 	AllowedGIDs []uint32
+	// CRLFile is a PEM file of CRLs served in ROOTCA; empty: none.
+	CRLFile string
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -124,6 +126,7 @@ func AgentSettings() []Setting {
 		{"root-overlap", "SDSAGENT_ROOT_OVERLAP", "", "how long ROOTCA keeps a root after the CA's answers moved to another root (default: --secret-ttl, by when every peer certificate under the old root has expired)"},
 		{"spiffe-validator", "SDSAGENT_SPIFFE_VALIDATOR", "false", "serve ROOTCA for Envoy's SPIFFE certificate validator (custom_validator_config, one trust bundle per trust domain) instead of trusted_ca; the name ALL always has that form"},
 		{"trust-bundle", "SDSAGENT_TRUST_BUNDLES", "", "TD=PATH: PEM roots of the federated trust domain TD, served as its own bundle in the SPIFFE form (repeatable or comma-separated; watched)"},
+		{"crl-file", "SDSAGENT_CRL_FILE", "", "PEM file of CRLs (e.g. `sdsagent ca`'s crl.pem) served in ROOTCA for Envoy to refuse revoked peers; each must be signed by a root of the own trust domain or an intermediate of the workload's chain (watched; a refused file keeps the previous CRLs)"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
@@ -173,6 +176,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	a.RootOverlap = r.optionalDuration("root-overlap")
 	a.SPIFFEValidator = r.boolean("spiffe-validator")
 	a.TrustBundles = r.trustBundles("trust-bundle", a.TrustDomain)
+	a.CRLFile = r.str("crl-file")
 	a.KeyType = r.keyType()
 	// Who may connect to the socket, besides its file mode.
 	a.AllowedUIDs = r.ids("allowed-uids", "uid")
@@ -217,6 +221,7 @@ type CA struct {
 	TrustDomain string
 	MaxTTL      time.Duration
 	ServerNames []string
+	CRLValidity time.Duration
 	Log         Log
 	// JWKSFile, when set, makes the CA accept Kubernetes service-account
 	// tokens signed by its keys instead of the development token.
@@ -236,6 +241,7 @@ func CASettings() []Setting {
 		{"jwks", "SDSAGENT_CA_JWKS", "", "JWKS file of the keys that sign Kubernetes service-account tokens (kubectl get --raw /openid/v1/jwks; watched): callers then authenticate with such a token and get only their own service account's identity (empty: the development token, which gets any identity)"},
 		{"jwt-issuer", "SDSAGENT_CA_JWT_ISSUER", "", "issuer (iss) the tokens must carry, e.g. https://kubernetes.default.svc.cluster.local (required with --jwks)"},
 		{"jwt-audience", "SDSAGENT_CA_JWT_AUDIENCE", "istio-ca", "audience (aud) the tokens must carry"},
+		{"crl-validity", "SDSAGENT_CA_CRL_VALIDITY", "24h", "lifetime of the CRL published as DIR/crl.pem (NextUpdate - ThisUpdate); re-signed at half of it"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "console", "json or console"},
 	}
@@ -260,6 +266,7 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 		Dir:         r.str("dir"),
 		TrustDomain: r.str("trust-domain"),
 		MaxTTL:      r.duration("max-ttl"),
+		CRLValidity: r.duration("crl-validity"),
 		Log:         Log{Level: r.str("log-level"), Format: r.str("log-format")},
 		JWKSFile:    r.str("jwks"),
 		JWTIssuer:   r.str("jwt-issuer"),
@@ -281,6 +288,9 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 	}
 	if err := c.checkJWT(); err != nil {
 		return CA{}, err
+	}
+	if c.CRLValidity <= 0 {
+		return CA{}, fmt.Errorf("--crl-validity must be positive, got %s", c.CRLValidity)
 	}
 	if err := c.Log.validate(); err != nil {
 		return CA{}, err

@@ -162,7 +162,7 @@ func TestREADMEDocumentsEverySetting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range slices.Concat(AgentSettings(), CASettings(), CAInitRootSettings(), CAInitIntermediateSettings()) {
+	for _, s := range slices.Concat(AgentSettings(), CASettings(), CAInitRootSettings(), CAInitIntermediateSettings(), CARevokeSettings()) {
 		if !strings.Contains(string(readme), "`--"+s.Flag+"`") {
 			t.Errorf("README does not document --%s", s.Flag)
 		}

@@ -291,7 +291,7 @@ func bundlePEM(cvc *corev3.TypedExtensionConfig) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("trust bundle of %q: %w", td.GetName(), err)
 		}
-		certs, err := pki.ParseCertificates(b)
+		certs, err := pki.ParseCertificates(pki.WithoutCRLs(b))
 		if err != nil {
 			return nil, fmt.Errorf("trust bundle of %q: %w", td.GetName(), err)
 		}

@@ -108,6 +108,9 @@ type Config struct {
 	// ServerNames are extra DNS names or IP addresses for the CA's own TLS
 	// serving certificate.
 	ServerNames []string
+	// CRLValidity is the lifetime of the CRL RunCRL publishes; default
+	// DefaultCRLValidity.
+	CRLValidity time.Duration
 	// Clock tells the time for certificate validity and token checks, and
 	// paces the JWKS file watch; default clock.Real().
 	Clock clock.Clock
@@ -134,6 +137,7 @@ type CA struct {
 	trustDomain string
 	maxTTL      time.Duration
 	defaultTTL  time.Duration
+	crlValidity time.Duration
 	clock       clock.Clock
 	log         *zap.Logger
 
@@ -158,6 +162,7 @@ func New(cfg Config) (*CA, error) {
 		trustDomain: cfg.TrustDomain,
 		maxTTL:      cfg.MaxTTL,
 		defaultTTL:  cfg.DefaultTTL,
+		crlValidity: cfg.CRLValidity,
 		clock:       cfg.Clock,
 		log:         cfg.Logger.Named("devca"),
 	}
@@ -226,6 +231,12 @@ func withDefaults(cfg Config) (Config, error) {
 		cfg.DefaultTTL = defaultDefaultTTL
 	}
 	cfg.DefaultTTL = min(cfg.DefaultTTL, cfg.MaxTTL)
+	if cfg.CRLValidity < 0 {
+		return cfg, fmt.Errorf("CRL validity %s is negative", cfg.CRLValidity)
+	}
+	if cfg.CRLValidity == 0 {
+		cfg.CRLValidity = DefaultCRLValidity
+	}
 	names := make([]string, 0, len(cfg.ServerNames))
 	for _, n := range cfg.ServerNames {
 		n = strings.TrimSpace(n)

@@ -44,6 +44,8 @@ type Metrics struct {
 	// SDSConnectionsRefused counts socket connections closed by the
 	// --allowed-uids/--allowed-gids check.
 	SDSConnectionsRefused prometheus.Counter
+	// CRLStale is the number of served CRLs past their NextUpdate.
+	CRLStale prometheus.Gauge
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -92,12 +94,16 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "sds_connections_refused_total",
 			Help: "SDS socket connections closed unread because the caller's uid and gid are not allowed (--allowed-uids, --allowed-gids).",
 		}),
+		CRLStale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "crl_stale",
+			Help: "CRLs served in ROOTCA that are past their NextUpdate (peers that check CRL times refuse certificates of their issuers).",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
-			m.SDSConnectionsRefused,
+			m.SDSConnectionsRefused, m.CRLStale,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
