@@ -124,11 +124,17 @@ func (b *bencher) outageOnce(ctx context.Context, seq int, left time.Duration) (
 		if err := ca.stop(stopLimit); err != nil {
 			return outageResult{}, err
 		}
-		// A renewal may have slipped in before the CA stopped.
-		base := f.latest()
-		back := base.leaf.NotAfter.Add(-left)
-		if err := sleep(sctx, time.Until(back)); err != nil {
-			return outageResult{}, fmt.Errorf("waiting for the outage to end: %w", err)
+		// A renewal that was under way when the CA stopped may still
+		// arrive: the outage is timed from the last certificate served.
+		var base received
+		for {
+			base = f.latest()
+			if err := sleep(sctx, time.Until(base.leaf.NotAfter.Add(-left))); err != nil {
+				return outageResult{}, fmt.Errorf("waiting for the outage to end: %w", err)
+			}
+			if bytes.Equal(f.latest().chain, base.chain) {
+				break
+			}
 		}
 		again, err = launchCA(ctx, caBin, dir, ca.addr, seq)
 		if err != nil {
