@@ -5,8 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,19 +50,31 @@ type OutputConfig struct {
 	// Clock and Logger default to the real clock and a no-op logger.
 	Clock  clock.Clock
 	Logger *zap.Logger
+
+	// fs makes every change on disk; nil is the real file system. Tests
+	// set it to fail or stop any step.
+	fs outputFS
 }
 
 // OutputWriter writes the workload identity to a directory, for proxyless
 // gRPC clients and other tools that read certificates from disk (Istio's
 // OUTPUT_CERTS): OutputCertChainFile and OutputKeyFile from "default",
-// OutputRootCertFile from "ROOTCA". Each file is replaced atomically
-// (a temporary file in the same directory, synced, renamed over the old
-// one, then the directory synced) and only when its content changed.
-// The root is written first, so that a reader that sees a new leaf
-// already trusts its issuer.
+// OutputRootCertFile from "ROOTCA".
+//
+// The three files change as one unit, in the layout kubelet uses for
+// projected volumes: each write goes into a new directory
+// "..<UTC time>.<random>" (files synced), a "..data_tmp" symlink to it is
+// renamed over "..data", and each file name in Dir is a symlink to
+// "..data/<name>", so its path never changes. A reader that opens the
+// files sees one complete version, the previous one or the new one; a
+// failed or interrupted write leaves the previous one (and the next write
+// removes what it left); the previous version is removed after the swap.
+// Plain files written by older agents are moved to this layout without
+// changing what they show. A write happens only when content changed.
 type OutputWriter struct {
 	cfg OutputConfig
 	log *zap.Logger
+	out *outputDir
 }
 
 // NewOutputWriter returns a writer for cfg. It starts nothing; call Run.
@@ -79,7 +91,14 @@ func NewOutputWriter(cfg OutputConfig) (*OutputWriter, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	return &OutputWriter{cfg: cfg, log: cfg.Logger.Named("output").With(zap.String("dir", cfg.Dir))}, nil
+	if cfg.fs == nil {
+		cfg.fs = osFS{}
+	}
+	return &OutputWriter{
+		cfg: cfg,
+		log: cfg.Logger.Named("output").With(zap.String("dir", cfg.Dir)),
+		out: &outputDir{dir: cfg.Dir, fs: cfg.fs, now: cfg.Clock.Now},
+	}, nil
 }
 
 // Run writes the files whenever the source changes, until ctx ends. A
@@ -127,78 +146,56 @@ func (w *OutputWriter) Run(ctx context.Context) error {
 	}
 }
 
-// write writes what changed in the current snapshot.
+// write publishes the current snapshot if it differs from what Dir
+// shows. Names the snapshot lacks keep what Dir shows for them.
 func (w *OutputWriter) write() error {
 	snap := w.cfg.Source.Snapshot()
-	type file struct {
-		name string
-		data []byte
-		mode os.FileMode
+	st, err := readOutputState(w.cfg.Dir)
+	if err != nil {
+		return err
 	}
-	var files []file
+	files := maps.Clone(st.visible)
 	if roots, ok := snap.Get(RootCertName); ok {
-		files = append(files, file{OutputRootCertFile, roots.TrustedCAPEM, OutputCertMode})
+		files[OutputRootCertFile] = roots.TrustedCAPEM
 	}
 	cert, haveCert := snap.Get(WorkloadCertName)
 	if haveCert {
-		files = append(files,
-			file{OutputKeyFile, cert.PrivateKeyPEM, OutputKeyMode},
-			file{OutputCertChainFile, cert.CertChainPEM, OutputCertMode})
+		files[OutputKeyFile] = cert.PrivateKeyPEM
+		files[OutputCertChainFile] = cert.CertChainPEM
 	}
-	var written []string
-	for _, f := range files {
-		path := filepath.Join(w.cfg.Dir, f.name)
-		if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, f.data) {
-			continue
+	var changed []string
+	for _, name := range outputFileNames {
+		if data, ok := files[name]; ok && !bytes.Equal(data, st.visible[name]) {
+			changed = append(changed, name)
 		}
-		if err := writeAtomic(path, f.data, f.mode); err != nil {
+	}
+	layoutOK := st.version != "" && st.linked
+	if len(changed) == 0 && (layoutOK || len(files) == 0) {
+		// Leftovers of an interrupted write are removed even so.
+		return w.out.removeStale(st.version)
+	}
+	if !layoutOK && len(st.visible) > 0 {
+		if st, err = w.out.migrate(st); err != nil {
 			return err
 		}
-		written = append(written, f.name)
+		w.log.Info("output directory moved to the versioned layout", zap.String("version", st.version))
 	}
-	if len(written) == 0 {
+	if len(changed) == 0 {
 		return nil
 	}
-	if err := syncDir(w.cfg.Dir); err != nil {
+	version, err := w.out.publish(st, files)
+	if version == "" {
 		return err
 	}
-	fields := []zap.Field{zap.Strings("files", written)}
+	// Readers see the new files, even if tidying up after the swap
+	// failed (the next write tidies up again).
+	fields := []zap.Field{zap.Strings("files", changed), zap.String("version", version)}
 	if haveCert {
 		fields = append(fields, certFields(cert)...)
 	}
 	w.log.Info("certificates written to disk", fields...)
-	return nil
-}
-
-// writeAtomic replaces path with data: readers see the old file or the
-// new one, never a part, and after a crash one of the two survives.
-func writeAtomic(path string, data []byte, mode os.FileMode) (err error) {
-	dir, base := filepath.Split(path)
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write %s: sync: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("after the new files were in place: %w", err)
 	}
 	return nil
 }

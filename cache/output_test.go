@@ -105,15 +105,9 @@ func TestOutputWriterWritesAtomicallyOnlyWhatChanged(t *testing.T) {
 	logs := runOutput(t, OutputConfig{Dir: dir, Source: store})
 
 	waitFiles(t, dir, outputFiles(root, l1))
-	for name, mode := range map[string]os.FileMode{OutputKeyFile: 0o600, OutputCertChainFile: 0o644, OutputRootCertFile: 0o644} {
-		if got := stat(t, filepath.Join(dir, name)).Mode().Perm(); got != mode {
-			t.Fatalf("%s has mode %o, want %o", name, got, mode)
-		}
-	}
-	before := map[string]os.FileInfo{}
-	for name := range outputFiles(root, l1) {
-		before[name] = stat(t, filepath.Join(dir, name))
-	}
+	waitLogs(t, logs, "certificates written to disk", 1)
+	checkLayout(t, dir)
+	firstVersion := dataTarget(t, dir)
 
 	// A change elsewhere in the snapshot, then a rotation: once the
 	// rotation is on disk the first change was handled too, and neither
@@ -122,14 +116,65 @@ func TestOutputWriterWritesAtomicallyOnlyWhatChanged(t *testing.T) {
 	l2 := root.IssueLeaf(t, testpki.LeafOptions{})
 	store.Update(identitySecrets(root, l2), nil)
 	waitFiles(t, dir, outputFiles(root, l2))
-	if !os.SameFile(before[OutputRootCertFile], stat(t, filepath.Join(dir, OutputRootCertFile))) {
-		t.Fatal("the unchanged root was rewritten")
+	// The write is logged once it is complete.
+	written := waitLogs(t, logs, "certificates written to disk", 2)
+	checkLayout(t, dir)
+	if dataTarget(t, dir) == firstVersion {
+		t.Fatal("the rotation was written into the version readers had, not into a new one")
 	}
-	for _, name := range []string{OutputKeyFile, OutputCertChainFile} {
-		if os.SameFile(before[name], stat(t, filepath.Join(dir, name))) {
-			t.Fatalf("%s was modified in place, not replaced", name)
-		}
+	if _, err := os.Lstat(filepath.Join(dir, firstVersion)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the previous version %s was not removed (%v)", firstVersion, err)
 	}
+	if files := written[1].ContextMap()["files"]; fmt.Sprint(files) != fmt.Sprint([]any{OutputKeyFile, OutputCertChainFile}) {
+		t.Fatalf("second write changed %v, want the key and the chain only", files)
+	}
+	if v := written[1].ContextMap()["version"]; v != dataTarget(t, dir) {
+		t.Fatalf("second write logged version %v, ..data is %s", v, dataTarget(t, dir))
+	}
+
+	// A writer started on files that are already current writes nothing.
+	logs2 := runOutput(t, OutputConfig{Dir: dir, Source: store})
+	time.Sleep(50 * time.Millisecond)
+	if n := logs2.FilterMessage("certificates written to disk").Len(); n != 0 {
+		t.Fatalf("a new writer rewrote current files (%d writes)", n)
+	}
+}
+
+// waitLogs waits until logs hold n lines with msg and returns them.
+func waitLogs(t *testing.T, logs *observer.ObservedLogs, msg string, n int) []observer.LoggedEntry {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for logs.FilterMessage(msg).Len() < n && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	lines := logs.FilterMessage(msg).All()
+	if len(lines) != n {
+		t.Fatalf("%d lines %q logged, want %d", len(lines), msg, n)
+	}
+	return lines
+}
+
+// dataTarget returns the version directory ..data names.
+func dataTarget(t *testing.T, dir string) string {
+	t.Helper()
+	target, err := os.Readlink(filepath.Join(dir, outputDataLink))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return target
+}
+
+// checkLayout checks that dir holds kubelet's layout and nothing else:
+// ..data naming one version directory that holds the three files with
+// their modes, and each file name a symlink to ..data/<name>.
+func checkLayout(t *testing.T, dir string, others ...string) {
+	t.Helper()
+	version := dataTarget(t, dir)
+	if !isVersionDir(version) {
+		t.Fatalf("..data points to %q", version)
+	}
+	want := append([]string{outputDataLink, version, OutputCertChainFile, OutputKeyFile, OutputRootCertFile}, others...)
+	slices.Sort(want)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -138,27 +183,21 @@ func TestOutputWriterWritesAtomicallyOnlyWhatChanged(t *testing.T) {
 	for _, e := range entries {
 		names = append(names, e.Name())
 	}
-	if !slices.Equal(names, []string{OutputCertChainFile, OutputKeyFile, OutputRootCertFile}) {
-		t.Fatalf("directory holds %v, want the three files and no temporary one", names)
+	if !slices.Equal(names, want) {
+		t.Fatalf("%s holds %v, want %v", dir, names, want)
 	}
-	// The write is logged once the directory is synced.
-	deadline := time.Now().Add(waitLimit)
-	for logs.FilterMessage("certificates written to disk").Len() < 2 && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
+	for _, name := range outputFileNames {
+		if target, err := os.Readlink(filepath.Join(dir, name)); err != nil || target != filepath.Join(outputDataLink, name) {
+			t.Fatalf("%s links to %q (%v), want ..data/%s", name, target, err, name)
+		}
 	}
-	written := logs.FilterMessage("certificates written to disk").All()
-	if len(written) != 2 {
-		t.Fatalf("%d writes logged, want 2", len(written))
+	if got := stat(t, filepath.Join(dir, version)).Mode().Perm(); got != 0o755 {
+		t.Fatalf("version directory has mode %o, want 755", got)
 	}
-	if files := written[1].ContextMap()["files"]; fmt.Sprint(files) != fmt.Sprint([]any{OutputKeyFile, OutputCertChainFile}) {
-		t.Fatalf("second write wrote %v, want the key and the chain only", files)
-	}
-
-	// A writer started on files that are already current writes nothing.
-	logs2 := runOutput(t, OutputConfig{Dir: dir, Source: store})
-	time.Sleep(50 * time.Millisecond)
-	if n := logs2.FilterMessage("certificates written to disk").Len(); n != 0 {
-		t.Fatalf("a new writer rewrote current files (%d writes)", n)
+	for name, mode := range map[string]os.FileMode{OutputKeyFile: OutputKeyMode, OutputCertChainFile: OutputCertMode, OutputRootCertFile: OutputCertMode} {
+		if got := stat(t, filepath.Join(dir, name)).Mode().Perm(); got != mode {
+			t.Fatalf("%s has mode %o, want %o", name, got, mode)
+		}
 	}
 }
 
@@ -381,5 +420,33 @@ func TestOutputCertsWorkWithGRPCPemFileProvider(t *testing.T) {
 	}
 	if got := srv.lastClientSerial(); got.Cmp(rotated.Certs[0].SerialNumber) != 0 {
 		t.Fatalf("after rotation the client presented serial %x, want %x", got, rotated.Certs[0].SerialNumber)
+	}
+}
+
+// TestOutputCertsWorkWithMountedCertReader points the agent's own
+// mounted-certificate reader (internal/filewatch, which follows kubelet's
+// ..data swaps) at an output directory: every rotation written there is
+// picked up, and the reader never sees a key that does not match its
+// chain.
+func TestOutputCertsWorkWithMountedCertReader(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	store := NewStore(clock.Real())
+	root := testpki.NewRoot(t, "out root")
+	id := testpki.LeafOptions{URIs: []string{"spiffe://cluster.local/ns/default/sa/web"}}
+	l := root.IssueLeaf(t, id)
+	store.Update(identitySecrets(root, l), nil)
+	logs := runOutput(t, OutputConfig{Dir: dir, Source: store})
+	waitLogs(t, logs, "certificates written to disk", 1)
+
+	h := newFileHarness(t, func(c *Config) { c.MountedCertDir, c.Signer, c.FileDebounce = dir, nil, 0 })
+	h.waitServing(WorkloadCertName, l)
+	for i := range 5 {
+		l = root.IssueLeaf(t, id)
+		store.Update(identitySecrets(root, l), nil)
+		waitLogs(t, logs, "certificates written to disk", i+2)
+		h.waitServing(WorkloadCertName, l)
+	}
+	if n := h.totalFileErrors(); n != 0 {
+		t.Fatalf("the reader refused %d reads of the output directory", n)
 	}
 }
