@@ -6,8 +6,13 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 # Ports of `make run`; override when they are taken, e.g. make run CA_LISTEN=127.0.0.1:25012.
 CA_LISTEN ?= 127.0.0.1:15012
 HTTP_ADDR ?= 127.0.0.1:15020
+# External programs some tests run, installed by `make tools` from the Go
+# module proxy; the tests look for them here (internal/testtools), then in PATH.
+TOOLS_DIR ?= $(HOME)/.cache/sdsagent-tools
+export SDSAGENT_TOOLS_DIR := $(TOOLS_DIR)
+CFSSL_VERSION := v1.6.5
 
-.PHONY: all build run test test-short bench lint fmt tidy clean
+.PHONY: all build run test test-short bench lint fmt tidy clean tools
 
 all: lint test build
 
@@ -33,6 +38,15 @@ lint:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# cfssl and cfssljson for the CFSSL provider's tests; a stamp per version
+# makes this a no-op once installed. CGO is off: the tests need no SQLite.
+tools: $(TOOLS_DIR)/.cfssl-$(CFSSL_VERSION)
+
+$(TOOLS_DIR)/.cfssl-$(CFSSL_VERSION):
+	mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) CGO_ENABLED=0 $(GO) install github.com/cloudflare/cfssl/cmd/cfssl@$(CFSSL_VERSION) github.com/cloudflare/cfssl/cmd/cfssljson@$(CFSSL_VERSION)
+	touch $@
 
 clean:
 	rm -rf bin

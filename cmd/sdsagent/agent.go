@@ -75,7 +75,14 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		mountedDir, certSource = cfg.CertDir, "files"
 	}
 	var signer cache.Signer
-	if mountedDir == "" {
+	if mountedDir == "" && cfg.CAProvider == config.ProviderCFSSL {
+		client, err := newCFSSLSigner(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		signer = client
+	} else if mountedDir == "" {
 		client, err := caclient.New(caclient.Config{
 			Addr:         cfg.CAAddr,
 			RootCertFile: cfg.CARootCert,
@@ -98,7 +105,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		bundles = append(bundles, cache.TrustBundleFile{TrustDomain: b.TrustDomain, Path: b.Path})
 	}
 	caRootFile := cfg.CARootCert
-	if cfg.CAPlaintext {
+	if cfg.CAPlaintext && cfg.CAProvider != config.ProviderCFSSL {
 		caRootFile = ""
 	}
 	mgr, err := cache.New(cache.Config{
@@ -186,6 +193,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	log.Info("starting agent",
 		zap.String("version", versionString()),
 		zap.String("spiffe_id", id.String()),
+		zap.String("ca_provider", string(cfg.CAProvider)),
 		zap.String("ca_addr", cfg.CAAddr),
 		zap.String("socket", cfg.Socket),
 		zap.String("http_addr", cfg.HTTPAddr),

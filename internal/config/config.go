@@ -66,6 +66,10 @@ type Agent struct {
 	AllowedGIDs []uint32
 	// CRLFile is a PEM file of CRLs served in ROOTCA; empty: none.
 	CRLFile string
+	// CAProvider is the CA protocol: ProviderIstio or ProviderCFSSL.
+	CAProvider CAProvider
+	// CFSSL configures the CFSSL provider (see cfssl.go).
+	CFSSL CFSSL
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -98,11 +102,15 @@ type Log struct {
 // in the order the README's table shows them.
 func AgentSettings() []Setting {
 	return []Setting{
-		{"ca-addr", "CA_ADDR", "istiod.istio-system.svc:15012", "address of the Istio CA (istiod, istio-csr or `sdsagent ca`)"},
+		{"ca-provider", "SDSAGENT_CA_PROVIDER", "istio", "CA protocol: istio (Istio's certificate service) or cfssl (a CFSSL API server, `cfssl serve`)"},
+		{"ca-addr", "CA_ADDR", "istiod.istio-system.svc:15012", "address of the Istio CA (istiod, istio-csr or `sdsagent ca`); with --ca-provider cfssl the CFSSL API base URL, e.g. https://cfssl.pki.svc:8888"},
 		{"ca-root-cert", "SDSAGENT_CA_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "PEM roots that verify the CA's TLS certificate (re-read on each connection)"},
 		{"ca-plaintext", "SDSAGENT_CA_PLAINTEXT", "false", "talk to the CA without TLS (never in production)"},
 		{"ca-server-name", "SDSAGENT_CA_SERVER_NAME", "", "name expected in the CA's certificate (default: host of --ca-addr)"},
 		{"ca-timeout", "SDSAGENT_CA_TIMEOUT", "10s", "deadline of each CSR call"},
+		{"cfssl-auth-key-file", "SDSAGENT_CFSSL_AUTH_KEY_FILE", "", "cfssl: file holding the profile's hex HMAC auth_key, re-read on every call; set: sign through /api/v1/cfssl/authsign, empty: /api/v1/cfssl/sign"},
+		{"cfssl-profile", "SDSAGENT_CFSSL_PROFILE", "", "cfssl: signing profile (empty: CFSSL's default); the profile's expiry sets the certificate lifetime"},
+		{"cfssl-label", "SDSAGENT_CFSSL_LABEL", "", "cfssl: signer label of a multi-root CFSSL (empty: its default signer)"},
 		{"token-file", "SDSAGENT_TOKEN_FILE", "/var/run/secrets/tokens/istio-token", "bearer token sent to the CA, re-read on every call"},
 		{"cluster-id", "ISTIO_META_CLUSTER_ID", "Kubernetes", "sent to the CA as the ClusterID header"},
 		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain of the workload"},
@@ -181,7 +189,11 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	// Who may connect to the socket, besides its file mode.
 	a.AllowedUIDs = r.ids("allowed-uids", "uid")
 	a.AllowedGIDs = r.ids("allowed-gids", "gid")
+	a.CAProvider, a.CFSSL = r.cfssl()
 	if err := r.err(); err != nil {
+		return Agent{}, err
+	}
+	if err := a.checkCFSSL(); err != nil {
 		return Agent{}, err
 	}
 	if a.CAAddr == "" {
