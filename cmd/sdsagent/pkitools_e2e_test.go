@@ -279,3 +279,33 @@ func TestPluggedInCAFileForms(t *testing.T) {
 		})
 	}
 }
+
+// TestPKIToolsDocMatchesTests keeps docs/pki-tools.md showing the
+// commands the tests above run.
+func TestPKIToolsDocMatchesTests(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "pki-tools.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := []string{
+		// What opensslGuideScript writes with NAME_CONSTRAINT=cluster.local.
+		"nameConstraints = critical, permitted;URI:cluster.local, excluded;URI:.cluster.local",
+	}
+	for _, s := range []string{easyRSAScript, opensslGuideScript} {
+		for _, l := range strings.Split(s, "\n") {
+			l = strings.TrimSpace(l)
+			// The test's variations: key commands, the optional
+			// constraint, and a smaller root key to save time.
+			if l == "" || l == "fi" || strings.Contains(l, "GENKEY") || strings.Contains(l, "NAME_CONSTRAINT") ||
+				strings.Contains(l, "genrsa -out root-key.pem") {
+				continue
+			}
+			lines = append(lines, l)
+		}
+	}
+	for _, l := range lines {
+		if !bytes.Contains(doc, []byte(l)) {
+			t.Errorf("docs/pki-tools.md lacks the tested line %q", l)
+		}
+	}
+}
