@@ -37,9 +37,9 @@ func needEasyRSA(t *testing.T) string {
 	return testtools.Need(t, "easyrsa", easyrsaHint)
 }
 
-// script runs an sh script in dir with env added, bounded by waitLimit
-// per step's worth of RSA key generation, and returns its output. A
-// failure ends the test with the output.
+// script runs an sh script in dir with env added, bounded by a timeout
+// that leaves room for RSA key generation on a loaded machine, and
+// returns its output. A failure ends the test with the output.
 func script(t *testing.T, dir, body string, env ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitLimit)
@@ -150,7 +150,7 @@ func servedByPluggedCA(t *testing.T, caDir, rootFile string) sdstest.Identity {
 
 // opensslVerify checks the served chain with the real `openssl verify
 // -CAfile rootFile -untrusted <intermediates> <leaf>`, as a TLS client and
-// as a TLS server certificate, and returns openssl's output.
+// as a TLS server certificate.
 func opensslVerify(t *testing.T, openssl string, id sdstest.Identity, rootFile string) {
 	t.Helper()
 	chain, err := pki.ParseCertificates(id.Cert.GetTlsCertificate().GetCertificateChain().GetInlineBytes())
