@@ -50,6 +50,9 @@ func (e *FileError) Hint() string {
 	case FileUnreadable:
 		return "make the file readable by the agent's user"
 	case FileEmpty, FileMalformed:
+		if errors.Is(e.Err, pki.ErrEncryptedKey) || errors.Is(e.Err, pki.ErrDER) {
+			return "convert the file with the openssl command the error names, then replace it atomically"
+		}
 		return "write complete PEM; replace files atomically (write a temporary file in the same directory, then rename it) so readers never see half a file"
 	case FileKeyMismatch:
 		return "the key and the first certificate of the chain must belong together: replace both files in one update"

@@ -18,6 +18,7 @@ import (
 	"github.com/sdsagent/sdsagent/internal/caclient"
 	"github.com/sdsagent/sdsagent/internal/pki"
 	"github.com/sdsagent/sdsagent/internal/testpki"
+	"github.com/sdsagent/sdsagent/internal/testtools"
 )
 
 // runCmd runs sdsagent in-process and returns its exit code and output.
@@ -221,10 +222,7 @@ func TestCAInitTwoMeshes(t *testing.T) {
 // TestCAInitOpenSSLInterop shows that what Go accepts and refuses, OpenSSL
 // (whose verifier BoringSSL, and so Envoy, shares) does too.
 func TestCAInitOpenSSLInterop(t *testing.T) {
-	openssl, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Skip("openssl not installed")
-	}
+	openssl := testtools.Need(t, "openssl", opensslHint)
 	p := newEnterprisePKI(t, "mesh-a.example")
 	dir := p.meshDir["mesh-a.example"]
 	rootFile := filepath.Join(p.rootDir, "root-cert.pem")

@@ -309,7 +309,7 @@ func loadOfflineRoot(rootDir string, now time.Time) (*x509.Certificate, crypto.S
 	if err != nil {
 		return nil, nil, fmt.Errorf("root certificate: %w", err)
 	}
-	root, err := parseCertPEM(data)
+	root, err := pki.ParseCertificate(data)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", certPath, err)
 	}

@@ -51,7 +51,7 @@ func loadPluggedState(dir, trustDomain string, now time.Time, log *zap.Logger) (
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", caCertFile, err)
 	}
-	caCert, err := parseCertPEM(caCertPEM)
+	caCert, err := pki.ParseCertificate(caCertPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", caCertFile, err)
 	}

@@ -2,7 +2,6 @@ package devca
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // tokenBytes is the entropy of a generated bearer token: 256 bits.
@@ -102,7 +103,7 @@ func loadState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state,
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
 	}
-	root, err := parseCertPEM(rootPEM)
+	root, err := pki.ParseCertificate(rootPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", rootCertFile, err)
 	}
@@ -116,7 +117,7 @@ func loadState(dir, trustDomain string, now time.Time, log *zap.Logger) (*state,
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", caKeyFile, err)
 	}
-	key, err := parseKeyPEM(keyPEM)
+	key, err := pki.ParsePrivateKey(keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", caKeyFile, err)
 	}
@@ -160,49 +161,6 @@ func presence(dir string, names ...string) (present, missing []string, err error
 		}
 	}
 	return present, missing, nil
-}
-
-// parseCertPEM parses a file holding exactly one PEM certificate.
-func parseCertPEM(data []byte) (*x509.Certificate, error) {
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block found")
-	}
-	if block.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("PEM block is %q, want CERTIFICATE", block.Type)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, errors.New("unexpected data after the certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parse certificate: %w", err)
-	}
-	return cert, nil
-}
-
-// parseKeyPEM parses a file holding exactly one PKCS#8 PEM private key.
-// Its errors never include key material.
-func parseKeyPEM(data []byte) (crypto.Signer, error) {
-	block, rest := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block found")
-	}
-	if block.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("PEM block is %q, want PRIVATE KEY (PKCS#8)", block.Type)
-	}
-	if len(bytes.TrimSpace(rest)) != 0 {
-		return nil, errors.New("unexpected data after the private key")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("parse PKCS#8 private key: %w", err)
-	}
-	key, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("unsupported private key type %T", k)
-	}
-	return key, nil
 }
 
 // newToken returns a random hex-encoded bearer token.

@@ -191,18 +191,14 @@ func TestNew_BadState(t *testing.T) {
 			breakIt: func(t *testing.T, dir string) {
 				writeFile(t, dir, "ca-key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: []byte("junk")}))
 			},
-			want: []string{"ca-key.pem", "parse PKCS#8 private key"},
+			want: []string{"ca-key.pem", `"PRIVATE KEY" block`},
 		},
 		{
-			name: "SEC1 key",
+			name: "encrypted key",
 			breakIt: func(t *testing.T, dir string) {
-				der, err := x509.MarshalECPrivateKey(testpki.NewKey(t).(*ecdsa.PrivateKey))
-				if err != nil {
-					t.Fatalf("marshal: %v", err)
-				}
-				writeFile(t, dir, "ca-key.pem", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+				writeFile(t, dir, "ca-key.pem", pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: []byte("junk")}))
 			},
-			want: []string{"ca-key.pem", `PEM block is "EC PRIVATE KEY", want PRIVATE KEY`},
+			want: []string{"ca-key.pem", "private key is encrypted", "openssl pkey -in key.pem -out key-plain.pem"},
 		},
 		{
 			name:    "key does not match root",
@@ -212,7 +208,7 @@ func TestNew_BadState(t *testing.T) {
 		{
 			name:    "corrupt root",
 			breakIt: func(t *testing.T, dir string) { writeFile(t, dir, "root-cert.pem", []byte("garbage")) },
-			want:    []string{"root-cert.pem", "no PEM block found"},
+			want:    []string{"root-cert.pem", "no valid PEM block"},
 		},
 		{
 			name: "truncated root",

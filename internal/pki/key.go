@@ -133,14 +133,23 @@ func EncodePrivateKey(key crypto.Signer) (PrivateKeyPEM, error) {
 }
 
 // ParsePrivateKey reads one PEM private key in PKCS#8, PKCS#1 ("RSA PRIVATE
-// KEY") or SEC 1 ("EC PRIVATE KEY") form. Errors never include key bytes.
+// KEY") or SEC 1 ("EC PRIVATE KEY") form; an "EC PARAMETERS" block before a
+// SEC 1 key, as "openssl ecparam -genkey" writes it, is skipped. An
+// encrypted key (ErrEncryptedKey) or DER input (ErrDER) is refused with the
+// openssl command that converts it. Errors never include key bytes.
 func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 	block, rest := pem.Decode(data)
+	if block != nil && block.Type == "EC PARAMETERS" {
+		block, rest = pem.Decode(rest)
+	}
 	if block == nil {
-		return nil, fmt.Errorf("parse private key: no PEM block found")
+		return nil, fmt.Errorf("parse private key: %w", keyNotPEMError(data))
 	}
 	if len(strings.TrimSpace(string(rest))) != 0 {
 		return nil, fmt.Errorf("parse private key: unexpected data after the %q block", block.Type)
+	}
+	if err := keyBlockError(block); err != nil {
+		return nil, fmt.Errorf("parse private key: %w", err)
 	}
 	var (
 		key any
@@ -158,7 +167,7 @@ func ParsePrivateKey(data []byte) (crypto.Signer, error) {
 	}
 	if err != nil {
 		// The x509 errors describe structure, not key material.
-		return nil, fmt.Errorf("parse private key: %w", err)
+		return nil, fmt.Errorf("parse private key: %q block: %w", block.Type, err)
 	}
 	signer, ok := key.(crypto.Signer)
 	if !ok {

@@ -14,7 +14,9 @@ var ErrNoCertificates = errors.New("no certificates found")
 // ParseCertificates reads every CERTIFICATE block in data. It is strict:
 // other block types, bytes that are not PEM between or after blocks, and a
 // block that does not parse are errors, so a half-written file or a garbled
-// answer is never taken for a shorter valid one.
+// answer is never taken for a shorter valid one. DER input (ErrDER) and
+// the other forms OpenSSL writes are refused with the openssl command that
+// converts them.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	rest := data
@@ -23,14 +25,14 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 		if block == nil {
 			if len(bytes.TrimSpace(rest)) != 0 {
 				if len(certs) == 0 {
-					return nil, fmt.Errorf("parse certificates: no valid PEM block (truncated or not PEM)")
+					return nil, fmt.Errorf("parse certificates: %w", certNotPEMError(data))
 				}
 				return nil, fmt.Errorf("parse certificates: %d bytes after certificate %d are not a complete PEM block (truncated or corrupt)", len(bytes.TrimSpace(rest)), len(certs))
 			}
 			break
 		}
 		if block.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("parse certificates: block %d has type %q, want CERTIFICATE", len(certs)+1, block.Type)
+			return nil, fmt.Errorf("parse certificates: %w", certBlockError(block, len(certs)))
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
@@ -70,4 +72,17 @@ func EncodeCertificates(certs []*x509.Certificate) []byte {
 		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	return buf.Bytes()
+}
+
+// ParseCertificate reads a file that must hold exactly one PEM certificate,
+// with ParseCertificates' checks and messages.
+func ParseCertificate(data []byte) (*x509.Certificate, error) {
+	certs, err := ParseCertificates(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(certs) != 1 {
+		return nil, fmt.Errorf("parse certificate: %d certificates, want one", len(certs))
+	}
+	return certs[0], nil
 }
