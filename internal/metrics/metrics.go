@@ -41,6 +41,9 @@ type Metrics struct {
 	SDSUnknownNames prometheus.Counter
 	// FileErrors counts failures to read or parse file-backed secrets.
 	FileErrors *prometheus.CounterVec
+	// WorkloadCertExpired is 1 while the workload certificate ("default")
+	// is past its NotAfter, else 0.
+	WorkloadCertExpired prometheus.Gauge
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -85,8 +88,13 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "file_errors_total",
 			Help: "Failures to read or validate file-backed secrets, by reason.",
 		}, []string{"reason"}),
+		WorkloadCertExpired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "workload_cert_expired",
+			Help: "1 while the workload certificate (default) is past its NotAfter and nothing valid replaced it, else 0.",
+		}),
 	}
 	if reg != nil {
+		reg.MustRegister(m.WorkloadCertExpired)
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
