@@ -164,3 +164,26 @@ func probe(ctx context.Context, p Prober) (up <-chan struct{}, stop func()) {
 		<-done
 	}
 }
+
+// retryWait is RetryWait for the current workload certificate.
+func (m *Manager) retryWait(now, certRenewAt time.Time, failures int, p RetryPolicy) time.Duration {
+	var notBefore, notAfter time.Time
+	if cur, ok := m.workload(); ok {
+		notBefore, notAfter = cur.Certs[0].NotBefore, cur.NotAfter()
+	}
+	return RetryWait(now, notBefore, notAfter, certRenewAt, failures, p, m.cfg.Rand())
+}
+
+// inLastTenth reports whether the workload certificate is in the last
+// tenth of its life or expired at now.
+func (m *Manager) inLastTenth(now time.Time) bool {
+	cur, ok := m.workload()
+	return ok && InLastTenth(now, cur.Certs[0].NotBefore, cur.NotAfter())
+}
+
+// stillUnreachable reports whether an attempt due at now is skipped
+// because the probe still finds the CA unreachable. A CSR still goes out
+// at least every RetryMax, in case the probe is wrong.
+func (m *Manager) stillUnreachable(probing bool, p Prober, now, lastSent time.Time) bool {
+	return probing && p != nil && !p.Reachable() && now.Round(0).Sub(lastSent.Round(0)) < m.cfg.RetryMax
+}

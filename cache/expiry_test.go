@@ -203,6 +203,15 @@ func TestManagerRenewsAsSoonAsProberSeesTheCA(t *testing.T) {
 	if wait := h.mgr.Status().NextRenewal.Sub(h.clock.Now()); wait < 10*time.Second {
 		t.Fatalf("next attempt in %s; want a long wait for this test", wait)
 	}
+	// While the probe finds it down, the retry time sends no CSR into
+	// the dead connection.
+	h.clock.Set(h.mgr.Status().NextRenewal)
+	h.waitParked()
+	select {
+	case <-h.ca.calls:
+		t.Fatal("a CSR was sent while the probe found the CA unreachable")
+	default:
+	}
 	// The CA comes back: a CSR goes out without the clock moving.
 	p.set(true)
 	h.waitCall()
@@ -214,6 +223,10 @@ func TestManagerRenewsAsSoonAsProberSeesTheCA(t *testing.T) {
 	// A CA that is reachable but refuses is not probed: the next attempt
 	// waits for its time.
 	h.waitParked()
+	select {
+	case <-p.waiting: // the probe started again after the skipped attempt
+	default:
+	}
 	next := h.current()
 	h.ca.then(caDown)
 	h.clock.Set(next.NotAfter().Add(-lifetime / 20))

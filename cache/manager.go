@@ -481,6 +481,8 @@ func (m *Manager) renew(ctx context.Context) {
 		certRenewAt time.Time
 		// failures counts attempts failed in a row.
 		failures int
+		// lastSent is when the last CSR attempt started.
+		lastSent time.Time
 		// probing: watch the CA's reachability until the next attempt.
 		probing bool
 		// lastTrustRenewal is when a change of the CA root file last
@@ -493,10 +495,18 @@ func (m *Manager) renew(ctx context.Context) {
 		m.trust.expire(now)
 		certEnd := m.checkExpired(now)
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
+			if !renewAt.IsZero() && m.stillUnreachable(probing, prober, now, lastSent) {
+				// No CSR into a connection known to be down: the probe
+				// goes on, and a CSR goes out the moment it succeeds.
+				renewAt = now.Add(m.retryWait(now, certRenewAt, failures, policy))
+				m.setNextRenewal(renewAt)
+				continue
+			}
 			if trustDue {
 				lastTrustRenewal, trustDue = now, false
 			}
 			sent := now
+			lastSent = now
 			b, err := m.issue(ctx)
 			if ctx.Err() != nil {
 				return
@@ -505,15 +515,11 @@ func (m *Manager) renew(ctx context.Context) {
 			if err != nil {
 				failures++
 				now := m.cfg.Clock.Now()
-				var notBefore, notAfter time.Time
-				if cur, ok := m.workload(); ok {
-					notBefore, notAfter = cur.Certs[0].NotBefore, cur.NotAfter()
-				}
-				wait := RetryWait(now, notBefore, notAfter, certRenewAt, failures, policy, m.cfg.Rand())
+				wait := m.retryWait(now, certRenewAt, failures, policy)
 				renewAt = now.Add(wait)
 				m.setNextRenewal(renewAt)
 				m.logFailure(err, wait)
-				probing = prober != nil && InLastTenth(now, notBefore, notAfter) && !prober.Reachable()
+				probing = prober != nil && m.inLastTenth(now) && !prober.Reachable()
 			} else {
 				failures = 0
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
