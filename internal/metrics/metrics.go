@@ -41,6 +41,9 @@ type Metrics struct {
 	SDSUnknownNames prometheus.Counter
 	// FileErrors counts failures to read or parse file-backed secrets.
 	FileErrors *prometheus.CounterVec
+	// LimitRejections counts requests, streams, connections and names
+	// refused by a limit, by limit.
+	LimitRejections *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -85,11 +88,16 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "file_errors_total",
 			Help: "Failures to read or validate file-backed secrets, by reason.",
 		}, []string{"reason"}),
+		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "limit_rejections_total",
+			Help: "Requests, streams, connections and resource names refused by a limit, by limit (names_per_request, name_bytes, streams_per_connection, streams, message_bytes, handshake_timeout, watched_files).",
+		}, []string{"limit"}),
 	}
 	if reg != nil {
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
+			m.LimitRejections,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
