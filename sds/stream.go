@@ -84,7 +84,9 @@ func serveLoop[Req any](ctx context.Context, done <-chan struct{}, st *stream, r
 		for {
 			req, err := recv()
 			if err != nil {
-				recvErr <- err
+				// Counted here: gRPC may end the stream before the loop
+				// reads this.
+				recvErr <- st.s.recvError(err)
 				return
 			}
 			select {
@@ -109,7 +111,7 @@ func serveLoop[Req any](ctx context.Context, done <-chan struct{}, st *stream, r
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return st.s.recvError(err)
+			return err
 		case <-updated:
 		case <-done:
 			return nil
@@ -300,7 +302,6 @@ func (st *stream) record(r request, names []string) {
 	case r.nonce != "" && r.nonce == st.lastNonce:
 		info.ackedVersion = st.lastVersion
 	}
-	s.notifyLocked()
 	s.mu.Unlock()
 
 	for _, n := range sortedKeys(unknown) {
@@ -333,6 +334,10 @@ func (st *stream) record(r request, names []string) {
 		}
 	}
 	s.updateDemand()
+	// Waiters (waitStreams) wake after the logs and the demand.
+	s.mu.Lock()
+	s.notifyLocked()
+	s.mu.Unlock()
 }
 
 // due returns the secrets the stream asks for that it does not have at
