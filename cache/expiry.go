@@ -181,6 +181,17 @@ func (m *Manager) inLastTenth(now time.Time) bool {
 	return ok && InLastTenth(now, cur.Certs[0].NotBefore, cur.NotAfter())
 }
 
+// lastTenthAt returns when the workload certificate enters the last tenth
+// of its life.
+func (m *Manager) lastTenthAt() (time.Time, bool) {
+	cur, ok := m.workload()
+	if !ok {
+		return time.Time{}, false
+	}
+	nb, na := cur.Certs[0].NotBefore.Round(0), cur.NotAfter().Round(0)
+	return na.Add(-na.Sub(nb) / retryShareOfLeft), true
+}
+
 // stillUnreachable reports whether an attempt due at now is skipped
 // because the probe still finds the CA unreachable. A CSR still goes out
 // at least every RetryMax, in case the probe is wrong.

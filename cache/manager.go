@@ -483,8 +483,6 @@ func (m *Manager) renew(ctx context.Context) {
 		failures int
 		// lastSent is when the last CSR attempt started.
 		lastSent time.Time
-		// probing: watch the CA's reachability until the next attempt.
-		probing bool
 		// lastTrustRenewal is when a change of the CA root file last
 		// caused a renewal; trustDue marks renewAt as such a renewal.
 		lastTrustRenewal time.Time
@@ -494,11 +492,15 @@ func (m *Manager) renew(ctx context.Context) {
 		now := m.cfg.Clock.Now()
 		m.trust.expire(now)
 		certEnd := m.checkExpired(now)
+		// After a failure, in the last tenth of the life or expired, with
+		// the CA unreachable: watch for it to come back.
+		probing := prober != nil && failures > 0 && m.inLastTenth(now) && !prober.Reachable()
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
 			if !renewAt.IsZero() && m.stillUnreachable(probing, prober, now, lastSent) {
 				// No CSR into a connection known to be down: the probe
-				// goes on, and a CSR goes out the moment it succeeds.
-				renewAt = now.Add(m.retryWait(now, certRenewAt, failures, policy))
+				// goes on, and a CSR goes out the moment it succeeds, or
+				// RetryMax after the last one in case the probe is wrong.
+				renewAt = lastSent.Add(m.cfg.RetryMax)
 				m.setNextRenewal(renewAt)
 				continue
 			}
@@ -511,7 +513,6 @@ func (m *Manager) renew(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			probing = false
 			if err != nil {
 				failures++
 				now := m.cfg.Clock.Now()
@@ -519,7 +520,6 @@ func (m *Manager) renew(ctx context.Context) {
 				renewAt = now.Add(wait)
 				m.setNextRenewal(renewAt)
 				m.logFailure(err, wait)
-				probing = prober != nil && m.inLastTenth(now) && !prober.Reachable()
 			} else {
 				failures = 0
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
@@ -541,6 +541,9 @@ func (m *Manager) renew(ctx context.Context) {
 		}
 		if !certEnd.IsZero() && certEnd.Before(wakeAt) {
 			wakeAt = certEnd // to report the expiry at once
+		}
+		if at, ok := m.lastTenthAt(); ok && failures > 0 && prober != nil && now.Before(at) && at.Before(wakeAt) {
+			wakeAt = at // to start probing
 		}
 		wait := wakeAt.Round(0).Sub(now.Round(0))
 		if wait > m.cfg.WakeInterval {
@@ -618,7 +621,9 @@ func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
 	start := m.cfg.Clock.Now()
 	m.mu.Lock()
 	m.status.LastAttempt = start
+	failures := m.status.Failures
 	m.mu.Unlock()
+	m.log.Debug("certificate request sent", zap.String("spiffe_id", m.cfg.ID.String()), zap.Int("failures_before", failures))
 
 	actx, release := m.attemptContext(ctx)
 	b, key, result, err := m.sign(actx)
