@@ -273,6 +273,10 @@ func TestOutageSimulation(t *testing.T) {
 	t.Logf("seed %d: %s simulated, %d outage segments: served-valid minutes %d, not-ready minutes %d, CSRs sent %d, expiries %d, streams held while expired %d, recoveries %d, longest recovery %s",
 		s0, simLength, len(s.segs), s.servedMinutes, s.notReadyMinutes, csrs, s.expiries, s.heldStreams, len(s.recoveries), s.longestRecovery)
 	t.Logf("CSRs by CA mode: %v", s.ca.byMode)
+	// One error line per expiry, none per retry.
+	if got := s.expiry.Load(); got != int64(s.expiries) || s.errors.Load() != got {
+		t.Errorf("%d expiries, %d expiry log lines, %d error lines: want one error line per expiry and no other", s.expiries, got, s.errors.Load())
+	}
 	if t.Failed() {
 		t.Logf("replay with %s=%d", SeedEnv, s0)
 	}
