@@ -59,6 +59,9 @@ type Config struct {
 	Addr string
 	// Ready returns nil when the agent serves its secrets, else why not.
 	Ready func() error
+	// Now tells the time that decides whether a certificate has expired
+	// (the Manager's clock). Default time.Now.
+	Now func() time.Time
 	// Gatherer provides /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	// Secrets provides /debug/secrets and /debug/config_dump; nil leaves
@@ -79,9 +82,6 @@ type Config struct {
 	Streams func() []StreamInfo
 	// Logger receives the server's logs, under the name "debug".
 	Logger *zap.Logger
-	// Now tells the time that decides whether a certificate has expired
-	// (the Manager's clock). Default time.Now.
-	Now func() time.Time
 }
 
 // Server is the HTTP endpoint.
