@@ -349,3 +349,9 @@ func TestDeltaInitialVersionsOfThisAgent(t *testing.T) {
 		t.Fatalf("names = %v, want only ROOTCA (default is held at its version)", got)
 	}
 }
+
+func TestSecretTypeURL(t *testing.T) {
+	if secretType != resource.SecretType {
+		t.Fatalf("secretType = %q, want go-control-plane's %q", secretType, resource.SecretType)
+	}
+}
