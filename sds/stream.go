@@ -130,9 +130,12 @@ func (st *stream) handleDelta(req *discoveryv3.DeltaDiscoveryRequest) error {
 // stream.
 func (st *stream) check(r request, lists ...[]string) error {
 	s := st.s
+	if !st.gotRequest {
+		st.nodeID = ratelog.Cut(r.node.GetId())
+	}
 	if err := checkRequest(r.node, !st.gotRequest, r.typeURL); err != nil {
 		if s.warn.Allow(st.warnLim, "stream rejected") {
-			s.warn.Write("stream rejected", st.fields(zap.String("node_id", ratelog.Cut(r.node.GetId())), zap.Error(err))...)
+			s.warn.Write("stream rejected", st.fields(zap.Error(err))...)
 		}
 		return err
 	}
@@ -143,11 +146,7 @@ func (st *stream) check(r request, lists ...[]string) error {
 // bookkeeping of r.
 func (st *stream) record(r request, names []string) {
 	s := st.s
-	first := !st.gotRequest
 	st.gotRequest = true
-	if first {
-		st.nodeID = ratelog.Cut(r.node.GetId())
-	}
 	var fresh []string
 	for _, n := range names {
 		if _, ok := st.checked[n]; !ok {
@@ -179,7 +178,8 @@ func (st *stream) record(r request, names []string) {
 	info.gotRequest = true
 	info.nodeID = st.nodeID
 	for n := range unknown {
-		if len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
+		// Kept cut, and at most as many as one request may name.
+		if n = ratelog.Cut(n); len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
 			info.unknown = append(info.unknown, n)
 		}
 	}
