@@ -42,6 +42,10 @@ const (
 	// DefaultWakeInterval bounds how long the renewal loop sleeps before it
 	// looks at the wall clock again; timers stop while a host is suspended.
 	DefaultWakeInterval = time.Minute
+	// DefaultMaxWatchedFiles leaves room for many file-cert: and
+	// file-root: names (two files per certificate) while keeping a client
+	// from taking the user's inotify watches.
+	DefaultMaxWatchedFiles = 512
 	// TrustRenewMinInterval is the least time between two renewals caused
 	// by changes of Config.CARootCertFile: a file rewritten again and
 	// again must not make the agent hammer its CA, while one change (the
@@ -96,6 +100,11 @@ type Config struct {
 	// SystemRootFiles are the candidates for file-root:system, the
 	// first that exists being served. Default DefaultSystemRootFiles().
 	SystemRootFiles []string
+	// MaxWatchedFiles bounds the distinct files that file-cert: and
+	// file-root: names may make the agent watch (each takes an inotify
+	// watch from the user's limit). A name that would go over it is not
+	// served, and NameErrors says why. Default DefaultMaxWatchedFiles.
+	MaxWatchedFiles int
 	// RetryInitial and RetryMax shape the exponential backoff between
 	// failed attempts.
 	RetryInitial, RetryMax time.Duration
@@ -240,6 +249,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(nil)
 	}
+	if cfg.MaxWatchedFiles < 0 {
+		return nil, fmt.Errorf("cache: max watched files %d must not be negative", cfg.MaxWatchedFiles)
+	}
+	if cfg.MaxWatchedFiles == 0 {
+		cfg.MaxWatchedFiles = DefaultMaxWatchedFiles
+	}
 	if cfg.RootOverlap < 0 {
 		return nil, fmt.Errorf("cache: root overlap %s must not be negative", cfg.RootOverlap)
 	}
@@ -272,6 +287,7 @@ func New(cfg Config) (*Manager, error) {
 		graceRatio:   cfg.GraceRatio,
 		wakeInterval: cfg.WakeInterval,
 		systemRoots:  cfg.SystemRootFiles,
+		maxFiles:     cfg.MaxWatchedFiles,
 		watch: filewatch.Config{
 			Debounce: cfg.FileDebounce,
 			Resync:   cfg.FileResync,

@@ -151,3 +151,30 @@ func TestClientStringsAreCutInLogs(t *testing.T) {
 		t.Errorf("wrote %d bytes of logs for a few requests", n)
 	}
 }
+
+// TestSuppressedLinesSummarizedWithoutTraffic: when a flood stops, the
+// summary of what was suppressed still comes, summaryEvery later.
+func TestSuppressedLinesSummarizedWithoutTraffic(t *testing.T) {
+	clk := clocktest.New(time.Now())
+	h := newHarnessWith(t, harnessOptions{clock: clk, infoLogs: true})
+	ctx := h.ctx()
+	if clk.Timers() != 0 {
+		t.Fatalf("%d timers before anything was suppressed, want none", clk.Timers())
+	}
+	for range logBurst + 5 {
+		if _, err := sdstest.Fetch(ctx, h.conn, []string{"bogus"}); status.Code(err) != codes.NotFound {
+			t.Fatalf("Fetch = %v, want NotFound", err)
+		}
+	}
+	if !clk.WaitForTimers(1, waitFor) {
+		t.Fatal("no summary timer after lines were suppressed")
+	}
+	clk.Advance(summaryEvery)
+	deadline := time.Now().Add(waitFor)
+	for h.suppressed(msgUnknownName) != 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("summary reports %d suppressed, want 5", h.suppressed(msgUnknownName))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -435,11 +435,13 @@ func TestStaleNonceIgnored(t *testing.T) {
 	if err := st.ACK(); err != nil {
 		t.Fatal(err)
 	}
+	// The ACK must arrive before the push, or it is stale itself.
+	h.oneStream("ack recorded", func(s StreamInfo) bool { return s.AckedVersion == first.Version })
 	h.publishLeaf(spiffeA)
 	second := h.recv(st)
 
 	// Requests answering the first response arrive after the second was
-	// sent: go-control-plane ignores them, and so does the bookkeeping.
+	// sent: they are ignored, by the protocol and by the bookkeeping.
 	stale := []*discoveryv3.DiscoveryRequest{
 		{VersionInfo: first.Version, ResourceNames: []string{def, root}, TypeUrl: resource.SecretType, ResponseNonce: first.Nonce},
 		{VersionInfo: first.Version, ResourceNames: []string{def}, TypeUrl: resource.SecretType, ResponseNonce: first.Nonce,
