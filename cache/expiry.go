@@ -27,6 +27,11 @@ type Prober interface {
 	WaitReachable(ctx context.Context) error
 }
 
+// clockStepTolerance is how far the wall clock may fall behind a timer
+// before the loop takes it for a step back: NTP slews at most 500 ppm,
+// 30 ms over the longest wake interval.
+const clockStepTolerance = time.Second
+
 // DefaultAttemptTimeout bounds one CSR attempt on the Manager's clock,
 // whatever the Signer does with its context: a CA that accepts a call and
 // never answers must not stop renewals.

@@ -602,7 +602,7 @@ func (m *Manager) renew(ctx context.Context) {
 		// The timer ran its course on the monotonic clock; a wall clock
 		// behind that was stepped back. Move the next attempt back as
 		// much, so that renewal keeps to its schedule in real time.
-		if back := expected.Round(0).Sub(m.cfg.Clock.Now().Round(0)); back > 0 && !renewAt.IsZero() {
+		if back := expected.Round(0).Sub(m.cfg.Clock.Now().Round(0)); back > clockStepTolerance && !renewAt.IsZero() {
 			renewAt = renewAt.Add(-back)
 			if !certRenewAt.IsZero() {
 				certRenewAt = certRenewAt.Add(-back)
