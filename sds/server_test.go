@@ -580,6 +580,7 @@ func TestFetch(t *testing.T) {
 
 	h := newHarness(t)
 	leaf := h.publishAll()
+	h.waitServed(def, root)
 	current, err := sdstest.Fetch(h.ctx(), h.conn, []string{def})
 	if err != nil {
 		t.Fatal(err)

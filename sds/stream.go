@@ -173,29 +173,6 @@ func (st *stream) record(r request, names []string) {
 		}
 	}
 
-	s.mu.Lock()
-	info := st.info
-	info.gotRequest = true
-	info.nodeID = st.nodeID
-	for n := range unknown {
-		// Kept cut, and at most as many as one request may name.
-		if n = ratelog.Cut(n); len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
-			info.unknown = append(info.unknown, n)
-		}
-	}
-	sortNames(info.unknown)
-	s.setNamesLocked(info, slices.Clone(names))
-	switch {
-	case r.nack:
-		info.nacks++
-		info.lastNack = ratelog.CutN(r.errMsg, maxNackBytes)
-	case r.nonce != "" && st.api == apiSotW:
-		info.ackedVersion = ratelog.Cut(r.version)
-	case r.nonce != "" && r.nonce == st.lastNonce:
-		info.ackedVersion = st.lastVersion
-	}
-	s.mu.Unlock()
-
 	for _, n := range sortedKeys(unknown) {
 		s.cfg.Metrics.SDSUnknownNames.Inc()
 		if s.warn.Allow(st.warnLim, msgUnknownName) {
@@ -225,6 +202,31 @@ func (st *stream) record(r request, names []string) {
 			s.debug.Write("request received", st.fields(zap.Strings("names", ratelog.CutAll(names)))...)
 		}
 	}
+	// What operators see changes after the logs, so that whoever waits
+	// for it (waitStreams) finds them written.
+	s.mu.Lock()
+	info := st.info
+	info.gotRequest = true
+	info.nodeID = st.nodeID
+	for n := range unknown {
+		// Kept cut, and at most as many as one request may name.
+		if n = ratelog.Cut(n); len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
+			info.unknown = append(info.unknown, n)
+		}
+	}
+	sortNames(info.unknown)
+	s.setNamesLocked(info, slices.Clone(names))
+	switch {
+	case r.nack:
+		info.nacks++
+		info.lastNack = ratelog.CutN(r.errMsg, maxNackBytes)
+	case r.nonce != "" && st.api == apiSotW:
+		info.ackedVersion = ratelog.Cut(r.version)
+	case r.nonce != "" && r.nonce == st.lastNonce:
+		info.ackedVersion = st.lastVersion
+	}
+	s.mu.Unlock()
+
 	s.updateDemand()
 	// Waiters (waitStreams) wake after the logs and the demand.
 	s.mu.Lock()
