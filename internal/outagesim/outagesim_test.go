@@ -170,11 +170,11 @@ type sim struct {
 	checked *checked // the last default that passed checkSecret
 
 	// Results.
-	servedMinutes, notReadyMinutes, heldStreams int
-	recoveries                                  []time.Duration
-	longestRecovery                             time.Duration
-	pending                                     *recovery
-	held                                        *sdstest.Stream
+	servedMinutes, notReadyMinutes, heldStreams, newStreams int
+	recoveries                                              []time.Duration
+	longestRecovery                                         time.Duration
+	pending                                                 *recovery
+	held                                                    *sdstest.Stream
 }
 
 // recovery is a CA that came back while the agent needed it.
@@ -270,8 +270,8 @@ func TestOutageSimulation(t *testing.T) {
 	}
 
 	csrs, _, _ := s.ca.counts()
-	t.Logf("seed %d: %s simulated, %d outage segments: served-valid minutes %d, not-ready minutes %d, CSRs sent %d, expiries %d, streams held while expired %d, recoveries %d, longest recovery %s",
-		s0, simLength, len(s.segs), s.servedMinutes, s.notReadyMinutes, csrs, s.expiries, s.heldStreams, len(s.recoveries), s.longestRecovery)
+	t.Logf("seed %d: %s simulated, %d outage segments: served-valid minutes %d, not-ready minutes %d, CSRs sent %d, expiries %d, streams held while expired %d, new streams checked %d, recoveries %d, longest recovery %s",
+		s0, simLength, len(s.segs), s.servedMinutes, s.notReadyMinutes, csrs, s.expiries, s.heldStreams, s.newStreams, len(s.recoveries), s.longestRecovery)
 	t.Logf("CSRs by CA mode: %v", s.ca.byMode)
 	// One error line per expiry, none per retry.
 	if got := s.expiry.Load(); got != int64(s.expiries) || s.errors.Load() != got {
@@ -494,6 +494,14 @@ func (s *sim) checkMinute(now time.Time) {
 			s.t.Errorf("at %s: a valid default is served but Ready = %v", s.sinceStart(), ready)
 		}
 		s.servedMinutes++
+		if now.Sub(s.start)%time.Hour == 0 {
+			// Once an hour a new stream too: its first answer is valid.
+			st := s.openStream()
+			var roots *tlsv3.Secret
+			s.recvDefault(st, now, &roots, nil, "a new stream")
+			st.Close()
+			s.newStreams++
+		}
 		if s.held != nil {
 			// A stream held while nothing valid existed is answered now.
 			st := s.held
