@@ -86,12 +86,12 @@ func schedule(rng *rand.Rand, start time.Time) []segment {
 	for at.Before(start.Add(simLength)) {
 		var length time.Duration
 		switch r := rng.Float64(); {
-		case r < 0.55:
+		case r < 0.6:
 			length = minutes(1, 25)
-		case r < 0.8:
+		case r < 0.85:
 			length = minutes(25, 50)
 		default:
-			length = minutes(60, 240)
+			length = minutes(60, 180)
 		}
 		end := at.Add(length)
 		for at.Before(end) {
@@ -112,7 +112,7 @@ func schedule(rng *rand.Rand, start time.Time) []segment {
 			healthyMode = shortTTL
 		}
 		segs = append(segs, segment{at, healthyMode})
-		at = at.Add(minutes(5, 180))
+		at = at.Add(minutes(10, 180))
 	}
 	return segs
 }
