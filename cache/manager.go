@@ -105,8 +105,8 @@ type Config struct {
 	// watch from the user's limit). A name that would go over it is not
 	// served, and NameErrors says why. Default DefaultMaxWatchedFiles.
 	MaxWatchedFiles int
-	// RetryInitial and RetryMax shape the exponential backoff between
-	// failed attempts.
+	// RetryInitial and RetryMax shape the waits between failed attempts
+	// (see RetryWait).
 	RetryInitial, RetryMax time.Duration
 	// WakeInterval is the longest the loop sleeps without checking the
 	// wall clock.
