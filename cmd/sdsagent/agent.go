@@ -129,6 +129,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		SPIFFEValidator:  cfg.SPIFFEValidator,
 		TrustBundleFiles: bundles,
 		CRLFile:          cfg.CRLFile,
+		MaxWatchedFiles:  cfg.Limits.MaxWatchedFiles,
 	})
 	if err != nil {
 		return err
@@ -139,6 +140,14 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		Source:     mgr,
 		Logger:     log,
 		Metrics:    m,
+		Limits: sds.Limits{
+			MaxNamesPerRequest: cfg.Limits.MaxNamesPerRequest,
+			MaxNameBytes:       cfg.Limits.MaxNameBytes,
+			MaxStreamsPerConn:  cfg.Limits.MaxStreamsPerConn,
+			MaxStreams:         cfg.Limits.MaxStreams,
+			MaxMessageBytes:    cfg.Limits.MaxMessageBytes,
+			HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
+		},
 	})
 	if err != nil {
 		return err

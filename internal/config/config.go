@@ -70,6 +70,8 @@ type Agent struct {
 	CAProvider CAProvider
 	// CFSSL configures the CFSSL provider (see cfssl.go).
 	CFSSL CFSSL
+	// Limits bound what SDS clients may ask for.
+	Limits Limits
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -101,7 +103,7 @@ type Log struct {
 // AgentSettings lists the settings of `sdsagent run` with their defaults,
 // in the order the README's table shows them.
 func AgentSettings() []Setting {
-	return []Setting{
+	settings := []Setting{
 		{"ca-provider", "SDSAGENT_CA_PROVIDER", "istio", "CA protocol: istio (Istio's certificate service) or cfssl (a CFSSL API server, `cfssl serve`)"},
 		{"ca-addr", "CA_ADDR", "istiod.istio-system.svc:15012", "address of the Istio CA (istiod, istio-csr or `sdsagent ca`); with --ca-provider cfssl the CFSSL API base URL, e.g. https://cfssl.pki.svc:8888"},
 		{"ca-root-cert", "SDSAGENT_CA_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "PEM roots that verify the CA's TLS certificate (re-read on each connection)"},
@@ -138,6 +140,7 @@ func AgentSettings() []Setting {
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
+	return append(settings, limitSettings()...)
 }
 
 // ParseAgent parses the arguments of `sdsagent run`. getenv is usually
@@ -190,6 +193,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	a.AllowedUIDs = r.ids("allowed-uids", "uid")
 	a.AllowedGIDs = r.ids("allowed-gids", "gid")
 	a.CAProvider, a.CFSSL = r.cfssl()
+	a.Limits = r.limits()
 	if err := r.err(); err != nil {
 		return Agent{}, err
 	}

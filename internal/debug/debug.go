@@ -60,6 +60,9 @@ type Config struct {
 	Addr string
 	// Ready returns nil when the agent serves its secrets, else why not.
 	Ready func() error
+	// Now tells the time that decides whether a certificate has expired
+	// (the Manager's clock). Default time.Now.
+	Now func() time.Time
 	// Gatherer provides /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	// Secrets provides /debug/secrets and /debug/config_dump; nil leaves
@@ -104,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.Named("debug")}, nil
 }

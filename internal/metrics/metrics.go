@@ -46,6 +46,12 @@ type Metrics struct {
 	SDSConnectionsRefused prometheus.Counter
 	// CRLStale is the number of served CRLs past their NextUpdate.
 	CRLStale prometheus.Gauge
+	// WorkloadCertExpired is 1 while the workload certificate ("default")
+	// is past its NotAfter, else 0.
+	WorkloadCertExpired prometheus.Gauge
+	// LimitRejections counts requests, streams, connections and names
+	// refused by a limit, by limit.
+	LimitRejections *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -98,12 +104,21 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "crl_stale",
 			Help: "CRLs served in ROOTCA that are past their NextUpdate (peers that check CRL times refuse certificates of their issuers).",
 		}),
+		WorkloadCertExpired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "workload_cert_expired",
+			Help: "1 while the workload certificate (default) is past its NotAfter and nothing valid replaced it, else 0.",
+		}),
+		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "limit_rejections_total",
+			Help: "Requests, streams, connections and resource names refused by a limit, by limit (names_per_request, name_bytes, streams_per_connection, streams, message_bytes, handshake_timeout, watched_files).",
+		}, []string{"limit"}),
 	}
 	if reg != nil {
+		reg.MustRegister(m.WorkloadCertExpired)
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
-			m.SDSConnectionsRefused, m.CRLStale,
+			m.SDSConnectionsRefused, m.CRLStale, m.LimitRejections,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)
