@@ -23,14 +23,21 @@ import (
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
 
-// binPath is the sdsagent binary built for the tests that exec it.
+// binPath is the sdsagent binary built for the tests that exec it: the
+// one named by binaryEnv (`make test` builds it once), or else one built
+// by TestMain.
 var binPath string
+
+const binaryEnv = "SDSAGENT_TEST_BINARY"
 
 func TestMain(m *testing.M) {
 	if socket := os.Getenv(peerChildEnv); socket != "" {
 		os.Exit(peerChild(socket)) // a client under another uid (peercheck_e2e_test.go)
 	}
 	code := func() int {
+		if binPath = os.Getenv(binaryEnv); binPath != "" {
+			return m.Run() // built once by `make test`
+		}
 		dir, err := os.MkdirTemp("", "sdsagent-bin")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
