@@ -380,6 +380,8 @@ func TestWriteInStepsIsPublishedOnce(t *testing.T) {
 	r3 := testpki.NewRoot(t, "r3")
 	filewatchtest.RenameOver(t, ca, r3.CertPEM)
 	h.waitSecret(name, func(s *Secret) bool { return s.Certs[0].Equal(r3.Cert) })
+	// Its line follows the publish, and every earlier line.
+	h.eventually("the later write logged", func() bool { return h.logged("file secret loaded", name) >= 3 })
 	if n := h.logged("file secret loaded", name); n != 3 {
 		t.Fatalf("published %d times, want 3 (the first file, the finished write, the later write)", n)
 	}
