@@ -7,6 +7,21 @@ import (
 	"time"
 )
 
+// runAllBounded is runAll, failing the test instead of hanging if it
+// does not return.
+func runAllBounded(t *testing.T, ctx context.Context, tasks ...func(context.Context) error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- runAll(ctx, tasks...) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(waitLimit):
+		t.Fatal("runAll did not return: a failure did not cancel the other tasks")
+		return nil
+	}
+}
+
 func TestRunAll(t *testing.T) {
 	errFirst, errLater := errors.New("first failure"), errors.New("later failure")
 
@@ -20,7 +35,7 @@ func TestRunAll(t *testing.T) {
 				return err
 			}
 		}
-		got := runAll(context.Background(),
+		got := runAllBounded(t, context.Background(),
 			waiter(nil),
 			func(context.Context) error { defer close(failed); return errFirst },
 			func(ctx context.Context) error {
@@ -37,7 +52,7 @@ func TestRunAll(t *testing.T) {
 
 	t.Run("every task ends before it returns", func(t *testing.T) {
 		ended := make(chan struct{})
-		got := runAll(context.Background(),
+		got := runAllBounded(t, context.Background(),
 			func(context.Context) error { return errFirst },
 			func(ctx context.Context) error {
 				<-ctx.Done()
