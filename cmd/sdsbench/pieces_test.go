@@ -175,11 +175,23 @@ func TestProcReportsItsEnd(t *testing.T) {
 	dir := t.TempDir()
 	t.Run("exits before it is stopped", func(t *testing.T) {
 		bin := writeScript(t, dir, "early", "echo first line >&2\necho last line >&2\nexit 3\n")
-		p, _, err := startProc(context.Background(), "early", bin, nil)
+		// The pipe is read apart from the exit: wait for both.
+		last := make(chan struct{})
+		p, _, err := startProc(context.Background(), "early", bin, func(line []byte) {
+			if string(line) == "last line" {
+				close(last)
+			}
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		<-p.exited
+		for _, c := range []<-chan struct{}{p.exited, last} {
+			select {
+			case <-c:
+			case <-time.After(waitLimit):
+				t.Fatalf("the script did not print its lines and exit; logs:\n%s", p.logs)
+			}
+		}
 		err = p.stop(stopLimit)
 		if err == nil || !strings.Contains(err.Error(), "exited before it was stopped") ||
 			!strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "  first line\n  last line") {
