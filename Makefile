@@ -22,8 +22,14 @@ build:
 run: build
 	CA_LISTEN=$(CA_LISTEN) HTTP_ADDR=$(HTTP_ADDR) ./hack/run-local.sh $(BIN)
 
+# The tests of cmd/sdsagent exec the agent binary: it is built once here
+# (without -race: the race detector runs in the tests, not in the child)
+# and passed by path; `go test` alone builds its own.
+TEST_BIN  := bin/sdsagent-test
+
 test:
-	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) build -o $(TEST_BIN) ./cmd/sdsagent
+	SDSAGENT_TEST_BINARY=$(CURDIR)/$(TEST_BIN) $(GO) test -race -count=1 -timeout 8m ./...
 
 test-short:
 	$(GO) test -count=1 -short ./...

@@ -44,13 +44,7 @@ func TestAgentServesMountedCertsWithoutCA(t *testing.T) {
 	if err := st.Request("default", "ROOTCA"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := recv(t, st, waitLimit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.ACK(); err != nil {
-		t.Fatal(err)
-	}
+	resp := recvIdentity(t, st)
 	if got := resp.Secret("default").GetTlsCertificate().GetCertificateChain().GetInlineBytes(); !bytes.Equal(got, first.ChainPEM) {
 		t.Fatal("default is not the mounted chain")
 	}
@@ -64,7 +58,7 @@ func TestAgentServesMountedCertsWithoutCA(t *testing.T) {
 	// Kubernetes rotates the secret volume: the new chain is pushed.
 	next := root.IssueLeaf(t, testpki.LeafOptions{URIs: []string{"spiffe://cluster.local/ns/shop/sa/web"}})
 	filewatchtest.KubeletWrite(t, certDir, mountedFiles(root, next))
-	resp, err = recv(t, st, waitLimit)
+	resp, err := recv(t, st, waitLimit)
 	if err != nil {
 		t.Fatalf("no push after the mounted files changed: %v", err)
 	}

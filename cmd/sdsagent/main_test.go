@@ -23,14 +23,21 @@ import (
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
 
-// binPath is the sdsagent binary built for the tests that exec it.
+// binPath is the sdsagent binary built for the tests that exec it: the
+// one named by binaryEnv (`make test` builds it once), or else one built
+// by TestMain.
 var binPath string
+
+const binaryEnv = "SDSAGENT_TEST_BINARY"
 
 func TestMain(m *testing.M) {
 	if socket := os.Getenv(peerChildEnv); socket != "" {
 		os.Exit(peerChild(socket)) // a client under another uid (peercheck_e2e_test.go)
 	}
 	code := func() int {
+		if binPath = os.Getenv(binaryEnv); binPath != "" {
+			return m.Run() // built once by `make test`
+		}
 		dir, err := os.MkdirTemp("", "sdsagent-bin")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -261,6 +268,27 @@ func recv(t *testing.T, st *sdstest.Stream, limit time.Duration) (*sdstest.Respo
 	return st.Recv(ctx)
 }
 
+// recvIdentity receives responses on st, ACKing each as Envoy does,
+// until one carries both default and ROOTCA, and returns it. A response
+// carries the requested secrets that exist: with mounted files, ROOTCA
+// (its file loads first) can be served a moment before default.
+func recvIdentity(t *testing.T, st *sdstest.Stream) *sdstest.Response {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		resp, err := recv(t, st, time.Until(deadline))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.ACK(); err != nil {
+			t.Fatal(err)
+		}
+		if resp.Secret("default") != nil && resp.Secret("ROOTCA") != nil {
+			return resp
+		}
+	}
+}
+
 // identity asks the agent for default and ROOTCA like Envoy, ACKs, and
 // returns them.
 func identity(t *testing.T, socket string) sdstest.Identity {
@@ -269,14 +297,7 @@ func identity(t *testing.T, socket string) sdstest.Identity {
 	if err := st.Request("default", "ROOTCA"); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := recv(t, st, waitLimit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.ACK(); err != nil {
-		t.Fatal(err)
-	}
-	id, err := sdstest.IdentityFrom(resp.Secrets)
+	id, err := sdstest.IdentityFrom(recvIdentity(t, st).Secrets)
 	if err != nil {
 		t.Fatal(err)
 	}

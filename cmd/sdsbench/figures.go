@@ -41,6 +41,12 @@ func (b *bencher) execToFirst(ctx context.Context, keyType string, runs int) err
 		}
 		times = append(times, d)
 	}
+	fmt.Fprintln(b.out, execLine(keyType, times))
+	return nil
+}
+
+// execLine formats exec_to_first_sds for keyType's run times (at least one).
+func execLine(keyType string, times []time.Duration) string {
 	s := summarize(times)
 	line := fmt.Sprintf("exec_to_first_sds  key=%s runs=%d median=%s p90=%s min=%s max=%s first_run=%s",
 		keyType, s.n, ms(s.median), ms(s.p90), ms(s.min), ms(s.max), ms(times[0]))
@@ -49,8 +55,7 @@ func (b *bencher) execToFirst(ctx context.Context, keyType string, runs int) err
 	} else {
 		line += "  [comparison only]"
 	}
-	fmt.Fprintln(b.out, line)
-	return nil
+	return line
 }
 
 // execOnce starts one agent, measures the time to its first valid

@@ -71,6 +71,14 @@ func (b *bencher) rotationFanout(ctx context.Context) error {
 		return err
 	}
 
+	for _, l := range fanoutLines(p, res) {
+		fmt.Fprintln(b.out, l)
+	}
+	return nil
+}
+
+// fanoutLines formats rotation_fanout's figure line and its notes.
+func fanoutLines(p params, res *fanoutResult) []string {
 	lastLat := make([]time.Duration, len(res.rotations))
 	firstLat := make([]time.Duration, len(res.rotations))
 	var perRot, got, notes []string
@@ -88,14 +96,14 @@ func (b *bencher) rotationFanout(ctx context.Context) error {
 	if res.fallback != "" {
 		from = "(measured from the FIRST STREAM'S RECEIPT, not the publish time: " + res.fallback + ")"
 	}
-	fmt.Fprintf(b.out, "rotation_fanout streams=%d conns=%d rotations=%d median_last_stream=%s max_last_stream=%s median_first_stream=%s per_rotation_last=[%s] got=[%s] setup=%s skipped_during_setup=%d duplicate_responses=%d ttl=%s %s  [target max<=%s: %s]\n",
+	lines := []string{fmt.Sprintf("rotation_fanout streams=%d conns=%d rotations=%d median_last_stream=%s max_last_stream=%s median_first_stream=%s per_rotation_last=[%s] got=[%s] setup=%s skipped_during_setup=%d duplicate_responses=%d ttl=%s %s  [target max<=%s: %s]",
 		p.fanoutStreams, p.fanoutConns, len(res.rotations), ms(last.median), ms(last.max), ms(first.median),
 		strings.Join(perRot, " "), strings.Join(got, " "), res.setup.Round(time.Millisecond), res.skipped, res.duplicates,
-		p.fanoutTTL, from, ms(targetFanoutMax), verdict(last.max <= targetFanoutMax))
+		p.fanoutTTL, from, ms(targetFanoutMax), verdict(last.max <= targetFanoutMax))}
 	for _, n := range notes {
-		fmt.Fprintf(b.out, "# rotation_fanout note: %s\n", n)
+		lines = append(lines, "# rotation_fanout note: "+n)
 	}
-	return nil
+	return lines
 }
 
 type fanoutResult struct {

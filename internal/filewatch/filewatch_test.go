@@ -1,6 +1,7 @@
 package filewatch
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,9 +22,6 @@ const (
 	debounce = 30 * time.Millisecond
 	// waitLimit bounds waiting for a report that must come.
 	waitLimit = 5 * time.Second
-	// quiet is how long a test waits to conclude that no report comes:
-	// several debounce periods.
-	quiet = 150 * time.Millisecond
 )
 
 func open(t *testing.T, cfg Config) *Watcher {
@@ -55,13 +53,39 @@ func waitReport(t *testing.T, w *Watcher, path string) {
 	}
 }
 
-// expectQuiet fails if anything is reported for a short while.
-func expectQuiet(t *testing.T, w *Watcher) {
+// reportsUntil returns every path reported up to and including the
+// batch that reports marker. A change made before marker's is reported
+// before it or with it, so a test checks that nothing else came by
+// writing marker after the change that must not be reported. With clk,
+// it moves that fake clock a debounce at a time while it waits.
+func reportsUntil(t *testing.T, w *Watcher, marker string, clk *clocktest.Fake) []string {
 	t.Helper()
-	select {
-	case batch := <-w.Changes():
-		t.Fatalf("unexpected report %v", batch)
-	case <-time.After(quiet):
+	var got []string
+	deadline := time.After(waitLimit)
+	for {
+		var tick <-chan time.Time
+		if clk != nil {
+			tick = time.After(time.Millisecond)
+		}
+		select {
+		case batch := <-w.Changes():
+			got = append(got, batch...)
+			if slices.Contains(batch, marker) {
+				return got
+			}
+		case <-tick:
+			clk.Advance(debounce)
+		case <-deadline:
+			t.Fatalf("%s not reported within %s; reported %v, watching %v", marker, waitLimit, got, w.Dirs())
+		}
+	}
+}
+
+// expectOnly checks that the reports up to marker's name marker alone.
+func expectOnly(t *testing.T, w *Watcher, marker string, clk *clocktest.Fake) {
+	t.Helper()
+	if got := reportsUntil(t, w, marker, clk); slices.ContainsFunc(got, func(p string) bool { return p != marker }) {
+		t.Fatalf("reported %v, want %s alone", got, marker)
 	}
 }
 
@@ -85,11 +109,11 @@ func TestInPlaceWriteIsReportedAndSiblingsAreNot(t *testing.T) {
 		t.Fatalf("watching %v, want only the parent directory %s", got, dir)
 	}
 
+	// The sibling first: were it reported, it would be before the file
+	// or with it.
 	write(t, filepath.Join(dir, "other.pem"), "x")
-	expectQuiet(t, w)
-
 	write(t, path, "v2")
-	waitReport(t, w, path)
+	expectOnly(t, w, path, nil)
 }
 
 func TestRenameOverIsReported(t *testing.T) {
@@ -229,50 +253,65 @@ func TestSymlinkChainAcrossDirectories(t *testing.T) {
 	}
 	// The old target is no longer watched; the new one is.
 	write(t, filepath.Join(c, "v1", "cert.pem"), "stale")
-	expectQuiet(t, w)
 	write(t, filepath.Join(c, "v2", "cert.pem"), "v2 again")
-	waitReport(t, w, path)
+	if got := reportsUntil(t, w, path, nil); len(got) != 1 {
+		t.Fatalf("reported %v, want %s once (for the write to v2 only)", got, path)
+	}
 }
 
 func TestWriteInStepsIsReportedOnce(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "cert.pem")
 	write(t, path, "v1")
-	w := open(t, Config{Debounce: 80 * time.Millisecond})
-	w.Set([]string{path})
+	marker := filepath.Join(dir, "marker.pem")
+	write(t, marker, "m1")
+	// The steps are 10 ms apart, the debounce 20 times that: on the real
+	// clock, as the steps happen in real time.
+	w := open(t, Config{Debounce: 200 * time.Millisecond})
+	w.Set([]string{path, marker})
 
-	filewatchtest.WriteInSteps(t, path, []byte(strings.Repeat("x", 4096)), 4, 15*time.Millisecond)
-	waitReport(t, w, path)
-	expectQuiet(t, w)
+	filewatchtest.WriteInSteps(t, path, []byte(strings.Repeat("x", 4096)), 4, 10*time.Millisecond)
+	write(t, marker, "m2")
+	if got := reportsUntil(t, w, marker, nil); !slices.Equal(got, []string{path, marker}) {
+		t.Fatalf("reported %v, want %s once, with or before the later write to %s", got, path, marker)
+	}
 }
 
 func TestSteadyEventsAreReportedWithinMaxDelay(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "cert.pem")
 	write(t, path, "v1")
-	w := open(t, Config{Debounce: 50 * time.Millisecond, MaxDelay: 150 * time.Millisecond})
+	clk := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
+	const step, maxDelay = 40 * time.Millisecond, 150 * time.Millisecond
+	w := open(t, Config{Clock: clk, Debounce: 50 * time.Millisecond, MaxDelay: maxDelay})
 	w.Set([]string{path})
+	if !clk.WaitForTimers(1, waitLimit) {
+		t.Fatal("no resync timer while a path is watched")
+	}
 
-	start := time.Now()
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(10 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				_ = os.WriteFile(path, []byte(time.Now().String()), 0o644)
-			}
+	// A write every 40 ms of the fake clock, less than the debounce: the
+	// debounce alone would never end. The first write is seen (its
+	// debounce timer is pending) before the clock moves; any timer it or
+	// a later write sets is due by first+MaxDelay.
+	first := clk.Now()
+	for i := 0; ; i++ {
+		write(t, path, fmt.Sprint("v", i+2))
+		if i == 0 && !clk.WaitForTimers(2, waitLimit) {
+			t.Fatal("the first write was not seen")
 		}
-	}()
-	defer func() { close(stop); <-done }()
-	waitReport(t, w, path)
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("reported after %s of steady writes, want within about MaxDelay (150ms)", took)
+		clk.Advance(step)
+		if clk.Now().Sub(first) < maxDelay {
+			continue
+		}
+		select {
+		case batch := <-w.Changes():
+			if !slices.Equal(batch, []string{path}) {
+				t.Fatalf("reported %v, want %s", batch, path)
+			}
+			return
+		case <-time.After(waitLimit):
+			t.Fatalf("not reported %s after the first of steady writes (MaxDelay %s)", clk.Now().Sub(first), maxDelay)
+		}
 	}
 }
 
@@ -303,7 +342,8 @@ func TestSetRemovesWatches(t *testing.T) {
 		t.Fatalf("watching %v, want %s only", got, dir2)
 	}
 	write(t, p1, "changed")
-	expectQuiet(t, w)
+	write(t, p2, "changed")
+	expectOnly(t, w, p2, nil)
 	w.Set(nil)
 	if got := w.Dirs(); len(got) != 0 {
 		t.Fatalf("watching %v after Set(nil)", got)
@@ -315,10 +355,12 @@ func TestResyncCatchesChangesEventsMiss(t *testing.T) {
 	// watch: only the periodic resync sees it, and moves the watch.
 	root := t.TempDir()
 	path := filepath.Join(root, "mnt", "certs", "cert.pem")
+	marker := filepath.Join(t.TempDir(), "marker.pem") // a directory of its own, not root
 	write(t, path, "v1")
+	write(t, marker, "m1")
 	clk := clocktest.New(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	w := open(t, Config{Clock: clk, Resync: time.Minute})
-	w.Set([]string{path})
+	w.Set([]string{path, marker})
 	if !clk.WaitForTimers(1, waitLimit) {
 		t.Fatal("no resync timer while a path is watched")
 	}
@@ -327,7 +369,10 @@ func TestResyncCatchesChangesEventsMiss(t *testing.T) {
 		t.Fatal(err)
 	}
 	write(t, path, "v2")
-	expectQuiet(t, w)
+	// The marker's write is seen; the swap and the write were not (the
+	// clock moves by debounces only, far from the resync).
+	write(t, marker, "m2")
+	expectOnly(t, w, marker, clk)
 
 	clk.Advance(time.Minute)
 	waitReport(t, w, path)
