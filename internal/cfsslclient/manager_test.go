@@ -86,8 +86,22 @@ func (m *managed) call() error {
 }
 
 // parked waits until the manager sleeps on the clock until its next CSR.
+// An attempt holds a timer of its own (cache.Config.AttemptTimeout), so a
+// timer alone does not mean parked: the attempt has ended once the manager
+// has scheduled the next one after it.
 func (m *managed) parked() time.Time {
 	m.t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for {
+		st := m.mgr.Status()
+		if st.NextRenewal.After(st.LastAttempt) {
+			break
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("manager did not finish its attempt: status %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if !m.clock.WaitForTimers(1, waitLimit) {
 		m.t.Fatal("manager is not waiting on a timer")
 	}
