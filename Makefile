@@ -6,8 +6,10 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 # Ports of `make run`; override when they are taken, e.g. make run CA_LISTEN=127.0.0.1:25012.
 CA_LISTEN ?= 127.0.0.1:15012
 HTTP_ADDR ?= 127.0.0.1:15020
+# How long `make fuzz` runs each fuzz target, e.g. make fuzz FUZZTIME=5m.
+FUZZTIME  ?= 30s
 
-.PHONY: all build run test test-short bench lint fmt tidy clean
+.PHONY: all build run test test-short bench fuzz lint fmt tidy clean
 
 all: lint test build
 
@@ -26,6 +28,18 @@ test-short:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/pki/ ./sds/ ./cache/
 	$(GO) run ./cmd/sdsbench -agent $(BIN)
+
+# fuzz runs every Fuzz target of every package, one after the other, for
+# FUZZTIME each. `make test` already runs their seed corpora (f.Add seeds
+# and each package's testdata/fuzz/FuzzXxx files); a crash found here is
+# written to that directory and stays there as a regression case.
+fuzz:
+	@set -e; targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ {f[n++] = $$1} /^ok/ {for (i = 0; i < n; i++) print $$2 "@" f[i]; n = 0}'); \
+	[ -n "$$targets" ] || { echo "fuzz: no Fuzz targets found (does ./... compile?)"; exit 1; }; \
+	for t in $$targets; do \
+		echo "== fuzz $${t#*@} in $${t%@*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*@}\$$" -fuzztime $(FUZZTIME) "$${t%@*}" </dev/null; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -9,10 +9,17 @@
 //	sds_request_response  new stream, request, response, with other streams open
 //	rotation_fanout       a rotated certificate reaching every open stream
 //	rss_kb                the agent's resident memory with 1 and with many streams
+//	log_flood             the agent's log output and CPU under hostile requests
+//	limit_*               what the agent holds when a client asks for too much
+//	churn                 goroutines, fds and memory around connection churn
 //
 // Usage:
 //
-//	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick]
+//	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick] [-only LIST]
+//
+// -only runs a comma-separated subset of exec, request, fanout, rss,
+// logflood, limits and churn. -quick leaves out the last three unless
+// -only names them.
 //
 // Every process it starts is in its own process group, killed on any
 // error, and every temporary file is removed. It exits 1 if a measurement
@@ -35,10 +42,11 @@ import (
 )
 
 // overallLimit bounds a whole run, so that a hang fails with a message
-// instead of running forever. A full run takes well under it.
+// instead of running forever. A full run takes well under it; the
+// logflood, limits and churn figures add hostileLimit.
 const overallLimit = 100 * time.Second
 
-var errOverLimit = fmt.Errorf("the whole run took over %s", overallLimit)
+var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn)", overallLimit, hostileLimit)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -67,6 +75,9 @@ type params struct {
 	rssStreams int
 	rssConns   int
 	rssSettle  time.Duration
+
+	// only holds the keys of the figures to run (see figureKeys).
+	only map[string]bool
 }
 
 func defaultParams(quick bool) params {
@@ -96,6 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	runs := fs.Int("runs", 20, "exec_to_first_sds runs with ECDSA P-256 (RSA 2048 gets a quarter, at least 1); -quick: 3")
 	rotations := fs.Int("rotations", 5, "rotations measured by rotation_fanout; -quick: 1")
 	quick := fs.Bool("quick", false, "smaller run for tests: fewer runs, samples, streams and rotations")
+	only := fs.String("only", "", "comma-separated figures to run: "+strings.Join(figureKeys, ",")+" (default all; -quick: "+strings.Join(quickKeys, ",")+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -122,9 +134,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sdsbench: -runs and -rotations must be at least 1")
 		return 2
 	}
+	var err error
+	if p.only, err = parseOnly(*only, *quick); err != nil {
+		fmt.Fprintf(stderr, "sdsbench: %v\n", err)
+		return 2
+	}
 
 	parent := ctx
-	ctx, cancel := context.WithTimeoutCause(ctx, overallLimit, errOverLimit)
+	ctx, cancel := context.WithTimeoutCause(ctx, p.limit(), errOverLimit)
 	defer cancel()
 	if err := bench(ctx, p, stdout, stderr); err != nil {
 		switch {
@@ -171,16 +188,22 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 	b := &bencher{p: p, tmp: tmp, ca: ca, out: stdout}
 
 	steps := []struct {
-		name string
-		fn   func(context.Context) error
+		key, name string
+		fn        func(context.Context) error
 	}{
-		{"exec_to_first_sds " + defaultKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, defaultKeyType, p.execRuns) }},
-		{"exec_to_first_sds " + comparisonKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, comparisonKeyType, p.execRunsRSA) }},
-		{"sds_request_response", b.requestResponse},
-		{"rotation_fanout", b.rotationFanout},
-		{"rss_kb", b.rss},
+		{"exec", "exec_to_first_sds " + defaultKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, defaultKeyType, p.execRuns) }},
+		{"exec", "exec_to_first_sds " + comparisonKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, comparisonKeyType, p.execRunsRSA) }},
+		{"request", "sds_request_response", b.requestResponse},
+		{"fanout", "rotation_fanout", b.rotationFanout},
+		{"rss", "rss_kb", b.rss},
+		{"logflood", "log_flood", b.logFlood},
+		{"limits", "limits", b.limits},
+		{"churn", "churn", b.churn},
 	}
 	for _, s := range steps {
+		if !p.only[s.key] {
+			continue
+		}
 		if err := s.fn(ctx); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}

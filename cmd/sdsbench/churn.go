@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/sdsagent/sdsagent/sds/sdstest"
+)
+
+// churnParallel is how many connections are being set up at once.
+const churnParallel = 64
+
+// Targets of issue 9 for churn: goroutines and fds back to their
+// baseline, resident memory within 2x of it, 30 s after the churn.
+const targetChurnRSSFactor = 2
+
+// usage is one sample of what the agent holds.
+type usage struct {
+	goroutines, fds int
+	mem             memory
+}
+
+func (u usage) String() string {
+	return fmt.Sprintf("goroutines=%d fds=%d rss_anon_kb=%d rss_file_kb=%d", u.goroutines, u.fds, u.mem.anon, u.mem.file)
+}
+
+func (a *agentProc) usage(ctx context.Context) (usage, error) {
+	g, err := a.goroutines(ctx)
+	if err != nil {
+		return usage{}, err
+	}
+	fds, err := a.openFDs()
+	if err != nil {
+		return usage{}, err
+	}
+	m, err := a.status()
+	if err != nil {
+		return usage{}, err
+	}
+	return usage{goroutines: g, fds: fds, mem: m}, nil
+}
+
+// churn opens churnConns connections to one agent, each with a stream
+// that receives "default", then drops them all; churnRounds times. It
+// prints the agent's goroutines, fds and memory at baseline, at each
+// round's peak and right after it, and churnSettle after the last.
+func (b *bencher) churn(ctx context.Context) error {
+	s := b.sizes()
+	// The agent inherits this process's limit; both need one fd per
+	// connection and some.
+	if err := raiseFDLimit(s.churnConns + 1024); err != nil {
+		return err
+	}
+	a, err := b.startServing(ctx)
+	if err != nil {
+		return err
+	}
+	err = func() error {
+		if err := sleep(a.ctx, time.Second); err != nil {
+			return err
+		}
+		base, err := a.usage(a.ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(b.out, "churn conns=%d rounds=%d baseline %s\n", s.churnConns, s.churnRounds, base)
+		for round := 1; round <= s.churnRounds; round++ {
+			start := time.Now()
+			conns, streams, err := openChurn(a.ctx, a.socket, s.churnConns)
+			if err != nil {
+				return fmt.Errorf("round %d: %w", round, err)
+			}
+			opened := time.Since(start)
+			peak, err := a.usage(a.ctx)
+			for _, st := range streams {
+				st.Close()
+			}
+			closeAll(conns)
+			if err != nil {
+				return err
+			}
+			after, err := a.usage(a.ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(b.out, "churn round=%d open_took=%s peak %s\n", round, ms(opened), peak)
+			fmt.Fprintf(b.out, "churn round=%d right_after %s\n", round, after)
+		}
+		if err := sleep(a.ctx, s.churnSettle); err != nil {
+			return err
+		}
+		end, err := a.usage(a.ctx)
+		if err != nil {
+			return err
+		}
+		rss := func(u usage) int64 { return u.mem.anon + u.mem.file }
+		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && rss(end) <= targetChurnRSSFactor*rss(base)
+		fmt.Fprintf(b.out, "churn settled_after=%s %s  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
+			s.churnSettle, end, targetChurnRSSFactor, verdict(ok))
+		return nil
+	}()
+	if err != nil {
+		a.kill()
+		return a.failure(err)
+	}
+	return a.stop(stopLimit)
+}
+
+// openChurn opens n connections to socket, churnParallel at a time, each
+// with a SotW stream that requested "default", received it and ACKed it.
+func openChurn(ctx context.Context, socket string, n int) ([]*grpc.ClientConn, []*sdstest.Stream, error) {
+	conns := make([]*grpc.ClientConn, n)
+	streams := make([]*sdstest.Stream, n)
+	errs := make([]error, n)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range churnParallel {
+		wg.Go(func() {
+			for i := range next {
+				errs[i] = func() error {
+					sctx, cancel := context.WithTimeout(ctx, stepLimit)
+					defer cancel()
+					conn, err := sdstest.Dial(sctx, socket)
+					if err != nil {
+						return err
+					}
+					conns[i] = conn
+					st, err := sdstest.OpenStream(ctx, conn)
+					if err != nil {
+						return err
+					}
+					streams[i] = st
+					if err := st.Request(sdstest.CertName); err != nil {
+						return err
+					}
+					if _, err := firstCert(sctx, st); err != nil {
+						return err
+					}
+					return st.ACK()
+				}()
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	var opened []*grpc.ClientConn
+	var open []*sdstest.Stream
+	for i := range n {
+		if streams[i] != nil {
+			open = append(open, streams[i])
+		}
+		if conns[i] != nil {
+			opened = append(opened, conns[i])
+		}
+	}
+	if err := summarizeErrs(errs); err != nil {
+		for _, st := range open {
+			st.Close()
+		}
+		closeAll(opened)
+		return nil, nil, fmt.Errorf("open %d connections: %w", n, err)
+	}
+	return opened, open, nil
+}
