@@ -11,8 +11,12 @@ import (
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
 
-// churnParallel is how many connections are being set up at once.
-const churnParallel = 64
+const (
+	// churnParallel is how many connections are being set up at once.
+	churnParallel = 64
+	// churnSample is how often usage is printed while the agent settles.
+	churnSample = 10 * time.Second
+)
 
 // Targets of issue 9 for churn: goroutines and fds back to their
 // baseline, resident memory within 2x of it, 30 s after the churn.
@@ -60,7 +64,9 @@ func (b *bencher) churn(ctx context.Context) error {
 		return err
 	}
 	err = func() error {
-		if err := sleep(a.ctx, time.Second); err != nil {
+		// As rss_kb does: after the agent released its startup pages (2 s
+		// after its first certificate).
+		if err := sleep(a.ctx, 3*time.Second); err != nil {
 			return err
 		}
 		base, err := a.usage(a.ctx)
@@ -90,12 +96,20 @@ func (b *bencher) churn(ctx context.Context) error {
 			fmt.Fprintf(b.out, "churn round=%d open_took=%s peak %s\n", round, ms(opened), peak)
 			fmt.Fprintf(b.out, "churn round=%d right_after %s\n", round, after)
 		}
-		if err := sleep(a.ctx, s.churnSettle); err != nil {
-			return err
-		}
-		end, err := a.usage(a.ctx)
-		if err != nil {
-			return err
+		// Sample every churnSample until churnSettle, to show the trend.
+		var end usage
+		for waited := time.Duration(0); waited < s.churnSettle; {
+			step := min(churnSample, s.churnSettle-waited)
+			if err := sleep(a.ctx, step); err != nil {
+				return err
+			}
+			waited += step
+			if end, err = a.usage(a.ctx); err != nil {
+				return err
+			}
+			if waited < s.churnSettle {
+				fmt.Fprintf(b.out, "churn after=%s %s\n", waited, end)
+			}
 		}
 		rss := func(u usage) int64 { return u.mem.anon + u.mem.file }
 		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && rss(end) <= targetChurnRSSFactor*rss(base)
