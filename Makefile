@@ -34,12 +34,13 @@ bench: build
 # and each package's testdata/fuzz/FuzzXxx files); a crash found here is
 # written to that directory and stays there as a regression case.
 fuzz:
-	@set -e; targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ {f[n++] = $$1} /^ok/ {for (i = 0; i < n; i++) print $$2 "@" f[i]; n = 0}'); \
+	@targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ {f[n++] = $$1} /^ok/ {for (i = 0; i < n; i++) print $$2 "@" f[i]; n = 0}'); \
 	[ -n "$$targets" ] || { echo "fuzz: no Fuzz targets found (does ./... compile?)"; exit 1; }; \
-	for t in $$targets; do \
+	failed=; for t in $$targets; do \
 		echo "== fuzz $${t#*@} in $${t%@*} for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$${t#*@}\$$" -fuzztime $(FUZZTIME) "$${t%@*}" </dev/null; \
-	done
+		$(GO) test -run '^$$' -fuzz "^$${t#*@}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$${t%@*}" </dev/null || failed="$$failed $${t#*@}"; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz: FAILED:$$failed (failing inputs are in each package's testdata/fuzz)"; exit 1; }
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
