@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"sync"
 	"time"
 
@@ -26,14 +28,18 @@ const targetChurnRSSFactor = 2
 type usage struct {
 	goroutines, fds int
 	mem             memory
+	// heapInUse is the Go heap in use (kB): what RssAnon would be if the
+	// runtime returned every free page at once.
+	heapInUse int64
 }
 
 func (u usage) String() string {
-	return fmt.Sprintf("goroutines=%d fds=%d rss_anon_kb=%d rss_file_kb=%d", u.goroutines, u.fds, u.mem.anon, u.mem.file)
+	return fmt.Sprintf("goroutines=%d fds=%d rss_anon_kb=%d rss_file_kb=%d heap_inuse_kb=%d",
+		u.goroutines, u.fds, u.mem.anon, u.mem.file, u.heapInUse)
 }
 
 func (a *agentProc) usage(ctx context.Context) (usage, error) {
-	g, err := a.goroutines(ctx)
+	m, err := a.metrics(ctx, "go_goroutines", "go_memstats_heap_inuse_bytes")
 	if err != nil {
 		return usage{}, err
 	}
@@ -41,11 +47,11 @@ func (a *agentProc) usage(ctx context.Context) (usage, error) {
 	if err != nil {
 		return usage{}, err
 	}
-	m, err := a.status()
+	mem, err := a.status()
 	if err != nil {
 		return usage{}, err
 	}
-	return usage{goroutines: g, fds: fds, mem: m}, nil
+	return usage{goroutines: int(m["go_goroutines"]), fds: fds, mem: mem, heapInUse: int64(m["go_memstats_heap_inuse_bytes"]) / 1024}, nil
 }
 
 // churn opens churnConns connections to one agent, each with a stream
@@ -115,6 +121,17 @@ func (b *bencher) churn(ctx context.Context) error {
 		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && rss(end) <= targetChurnRSSFactor*rss(base)
 		fmt.Fprintf(b.out, "churn settled_after=%s %s  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
 			s.churnSettle, end, targetChurnRSSFactor, verdict(ok))
+		// For diagnosis, not the target: tell garbage the idle agent has
+		// not collected yet from memory it still holds, by forcing a GC
+		// through its pprof endpoint (heap?gc=1).
+		if err := a.forceGC(a.ctx); err != nil {
+			return err
+		}
+		gc, err := a.usage(a.ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(b.out, "churn after_forced_gc %s\n", gc)
 		return nil
 	}()
 	if err != nil {
@@ -182,4 +199,27 @@ func openChurn(ctx context.Context, socket string, n int) ([]*grpc.ClientConn, [
 		return nil, nil, fmt.Errorf("open %d connections: %w", n, err)
 	}
 	return opened, open, nil
+}
+
+// forceGC makes the agent run a garbage collection: its pprof heap
+// profile with gc=1 collects first.
+func (a *agentProc) forceGC(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, stepLimit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("force gc: %w", err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return fmt.Errorf("force gc: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("force gc: %s", resp.Status)
+	}
+	return nil
 }

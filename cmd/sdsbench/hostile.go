@@ -171,31 +171,37 @@ func (p *proc) inotifyWatches() (int, error) {
 	return n, nil
 }
 
-// goroutines reads go_goroutines from the agent's /metrics.
-func (a *agentProc) goroutines(ctx context.Context) (int, error) {
+// metrics reads the named gauges from the agent's /metrics.
+func (a *agentProc) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, stepLimit)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("read metrics: %w", err)
+		return nil, fmt.Errorf("read metrics: %w", err)
 	}
 	defer resp.Body.Close()
+	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				return 0, fmt.Errorf("metrics: go_goroutines %q: %w", v, err)
-			}
-			return int(n), nil
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !slices.Contains(names, name) {
+			continue
+		}
+		if out[name], err = strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil {
+			return nil, fmt.Errorf("metrics: %s %q: %w", name, v, err)
 		}
 	}
-	return 0, fmt.Errorf("metrics: no go_goroutines (%v)", sc.Err())
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("metrics: no %s (%v)", n, sc.Err())
+		}
+	}
+	return out, nil
 }
 
 // fetch calls FetchSecrets as Envoy would, with the node and Secret type.
