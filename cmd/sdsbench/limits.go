@@ -7,11 +7,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
@@ -70,9 +72,15 @@ func (b *bencher) limitRequests(a *agentProc, conn *grpc.ClientConn) error {
 	return nil
 }
 
-// limitFileWatches asks on one stream for fileRoots file-root: names of
-// CA files in as many directories, and prints the inotify watches the
-// agent holds while the stream is open and after it closed.
+// fileNamesPerStream is how many file-root: names each stream of
+// limitFileWatches asks for: a per-request limit (100 on the sds branch)
+// must not hide the limit on watched files.
+const fileNamesPerStream = 100
+
+// limitFileWatches asks for fileRoots file-root: names of CA files in as
+// many directories, fileNamesPerStream per stream, and prints how many
+// were served and the inotify watches the agent holds while the streams
+// are open and after they closed.
 func (b *bencher) limitFileWatches(a *agentProc, conn *grpc.ClientConn) error {
 	s := b.sizes()
 	root, err := os.ReadFile(filepath.Join(b.ca.dir, "root-cert.pem"))
@@ -99,52 +107,51 @@ func (b *bencher) limitFileWatches(a *agentProc, conn *grpc.ClientConn) error {
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, 2*stepLimit)
 	defer cancel()
-	st, err := sdstest.OpenStream(ctx, conn)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
+	var (
+		mu       sync.Mutex
+		got      = map[string]bool{}
+		outcomes = codeCounts{}
+		wg       sync.WaitGroup
+		streams  []*sdstest.Stream
+	)
+	defer func() {
+		for _, st := range streams {
+			st.Close()
+		}
+	}()
 	start := time.Now()
-	if err := st.Request(names...); err != nil {
-		return err
-	}
-	// Wait for a response with every name, the end of the stream, or the
-	// limit; any of them is a result.
-	// After the first response, 5 s without another ends the wait.
-	// A SotW response of Secrets may carry only the names that changed, so
-	// count every name received.
-	got := map[string]bool{}
-	outcome := "no_full_response"
-	rctx := ctx
-	for {
-		resp, err := st.Recv(rctx)
+	for chunk := range slices.Chunk(names, fileNamesPerStream) {
+		st, err := sdstest.OpenStream(ctx, conn)
 		if err != nil {
-			if rctx.Err() == nil {
-				outcome = "stream_ended:" + status.Code(err).String()
-			}
-			break
+			return err
 		}
-		var rcancel context.CancelFunc
-		rctx, rcancel = context.WithTimeout(ctx, 5*time.Second)
-		defer rcancel()
-		for _, n := range resp.Names() {
-			got[n] = true
+		streams = append(streams, st)
+		if err := st.Request(chunk...); err != nil {
+			return err
 		}
-		if len(got) == len(names) {
-			outcome = "all_served"
-			break
-		}
-		if err := st.ACK(); err != nil {
-			break
-		}
+		wg.Go(func() {
+			err := receiveAll(ctx, st, len(chunk), func(names []string) {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, n := range names {
+					got[n] = true
+				}
+			})
+			mu.Lock()
+			outcomes.add(err)
+			mu.Unlock()
+		})
 	}
+	wg.Wait()
 	took := time.Since(start)
 	held, err := a.inotifyWatches()
 	if err != nil {
 		return err
 	}
-	st.Close()
-	// The agent drops the watches when the stream goes; give it a moment.
+	for _, st := range streams {
+		st.Close()
+	}
+	// The agent drops the watches when the streams go; give it a moment.
 	after := held
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		if after, err = a.inotifyWatches(); err != nil || after <= before {
@@ -154,9 +161,45 @@ func (b *bencher) limitFileWatches(a *agentProc, conn *grpc.ClientConn) error {
 			return err
 		}
 	}
-	fmt.Fprintf(b.out, "limit_file_watches file_root_names=%d outcome=%s served=%d took=%s inotify_watches_before=%d while_open=%d after_close=%d\n",
-		len(names), outcome, len(got), ms(took), before, held, after)
+	fmt.Fprintf(b.out, "limit_file_watches file_root_names=%d streams=%d served=%d stream_outcomes=%s took=%s inotify_watches_before=%d while_open=%d after_close=%d\n",
+		len(names), len(streams), len(got), outcomes, ms(took), before, held, after)
 	return nil
+}
+
+// errStillOpen is receiveAll's outcome for a stream that did not get
+// every name and did not end either.
+var errStillOpen = status.Error(codes.DeadlineExceeded, "stream still open without every name")
+
+// receiveAll receives and ACKs responses on st until it has seen want
+// names, the stream ends, or stepLimit passes without a first response
+// (then 5 s without another); seen gets the names of each response. A SotW response of Secrets
+// may carry only the names that changed, hence the count.
+func receiveAll(ctx context.Context, st *sdstest.Stream, want int, seen func([]string)) error {
+	names := map[string]bool{}
+	rctx, cancel := context.WithTimeout(ctx, stepLimit)
+	defer cancel()
+	for {
+		resp, err := st.Recv(rctx)
+		if err != nil {
+			if rctx.Err() != nil {
+				return errStillOpen
+			}
+			return err
+		}
+		seen(resp.Names())
+		for _, n := range resp.Names() {
+			names[n] = true
+		}
+		if len(names) >= want {
+			return nil
+		}
+		if err := st.ACK(); err != nil {
+			return err
+		}
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+	}
 }
 
 // limitStreamsOnConn opens streamsOnConn streams on one connection, each
