@@ -6,13 +6,15 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 # Ports of `make run`; override when they are taken, e.g. make run CA_LISTEN=127.0.0.1:25012.
 CA_LISTEN ?= 127.0.0.1:15012
 HTTP_ADDR ?= 127.0.0.1:15020
+# How long `make fuzz` runs each fuzz target, e.g. make fuzz FUZZTIME=5m.
+FUZZTIME  ?= 30s
 # External programs some tests run, installed by `make tools` from the Go
 # module proxy; the tests look for them here (internal/testtools), then in PATH.
 TOOLS_DIR ?= $(HOME)/.cache/sdsagent-tools
 export SDSAGENT_TOOLS_DIR := $(TOOLS_DIR)
 CFSSL_VERSION := v1.6.5
 
-.PHONY: all build run test test-short bench lint fmt tidy clean tools
+.PHONY: all build run test test-short bench fuzz lint fmt tidy clean tools
 
 all: lint test build
 
@@ -37,6 +39,19 @@ test-short:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/pki/ ./sds/ ./cache/
 	$(GO) run ./cmd/sdsbench -agent $(BIN)
+
+# fuzz runs every Fuzz target of every package, one after the other, for
+# FUZZTIME each. `make test` already runs their seed corpora (f.Add seeds
+# and each package's testdata/fuzz/FuzzXxx files); a crash found here is
+# written to that directory and stays there as a regression case.
+fuzz:
+	@targets=$$($(GO) test -list '^Fuzz' ./... | awk '/^Fuzz/ {f[n++] = $$1} /^ok/ {for (i = 0; i < n; i++) print $$2 "@" f[i]; n = 0}'); \
+	[ -n "$$targets" ] || { echo "fuzz: no Fuzz targets found (does ./... compile?)"; exit 1; }; \
+	failed=; for t in $$targets; do \
+		echo "== fuzz $${t#*@} in $${t%@*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*@}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$${t%@*}" </dev/null || failed="$$failed $${t#*@}"; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz: FAILED:$$failed (failing inputs are in each package's testdata/fuzz)"; exit 1; }
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

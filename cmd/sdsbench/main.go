@@ -12,10 +12,17 @@
 //	outage_recovery       the CA back after an outage to the new certificate on SDS
 //	restart_reconnect     exec of a restarted agent to Envoy's reconnected stream
 //	                      (sending its last version_info) receiving a certificate
+//	log_flood             the agent's log output and CPU under hostile requests
+//	limit_*               what the agent holds when a client asks for too much
+//	churn                 goroutines, fds and memory around connection churn
 //
 // Usage:
 //
-//	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick] [-only FIGURES]
+//	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick] [-only LIST]
+//
+// -only runs a comma-separated subset of exec, request, fanout, rss,
+// outage_recovery, restart_reconnect, logflood, limits and churn. -quick
+// runs only the first four unless -only names others.
 //
 // Every process it starts is in its own process group, killed on any
 // error, and every temporary file is removed. It exits 1 if a measurement
@@ -38,10 +45,11 @@ import (
 )
 
 // overallLimit bounds a whole run, so that a hang fails with a message
-// instead of running forever. A full run takes well under it.
+// instead of running forever. A full run takes well under it; the
+// logflood, limits and churn figures add hostileLimit.
 const overallLimit = 240 * time.Second
 
-var errOverLimit = fmt.Errorf("the whole run took over %s", overallLimit)
+var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn)", overallLimit, hostileLimit)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -71,7 +79,8 @@ type params struct {
 	rssConns   int
 	rssSettle  time.Duration
 
-	only map[string]bool // figures to run; empty: all (see selected)
+	// only holds the keys of the figures to run (see figureKeys).
+	only map[string]bool
 }
 
 func defaultParams(quick bool) params {
@@ -101,9 +110,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	runs := fs.Int("runs", 20, "exec_to_first_sds runs with ECDSA P-256 (RSA 2048 gets a quarter, at least 1); -quick: 3")
 	rotations := fs.Int("rotations", 5, "rotations measured by rotation_fanout; -quick: 1")
 	quick := fs.Bool("quick", false, "smaller run for tests: fewer runs, samples, streams and rotations")
-	only := fs.String("only", "", "comma-separated figures to run, e.g. outage_recovery,restart_reconnect (default all; -quick leaves out "+strings.Join(slowFigures, " and ")+" unless named here)")
-	err := fs.Parse(args)
-	if err != nil {
+	only := fs.String("only", "", "comma-separated figures to run: "+strings.Join(figureKeys, ",")+" (default all; -quick: "+strings.Join(quickKeys, ",")+")")
+	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
@@ -116,10 +124,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	p := defaultParams(*quick)
 	p.agent = *agent
 	p.quick = *quick
-	if p.only, err = parseOnly(*only); err != nil {
-		fmt.Fprintf(stderr, "sdsbench: %v\n", err)
-		return 2
-	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["runs"] || !*quick {
@@ -133,9 +137,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sdsbench: -runs and -rotations must be at least 1")
 		return 2
 	}
+	var err error
+	if p.only, err = parseOnly(*only, *quick); err != nil {
+		fmt.Fprintf(stderr, "sdsbench: %v\n", err)
+		return 2
+	}
 
 	parent := ctx
-	ctx, cancel := context.WithTimeoutCause(ctx, overallLimit, errOverLimit)
+	ctx, cancel := context.WithTimeoutCause(ctx, p.limit(), errOverLimit)
 	defer cancel()
 	if err := bench(ctx, p, stdout, stderr); err != nil {
 		switch {
@@ -182,19 +191,22 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 	b := &bencher{p: p, tmp: tmp, ca: ca, out: stdout}
 
 	steps := []struct {
-		name string
-		fn   func(context.Context) error
+		key, name string
+		fn        func(context.Context) error
 	}{
-		{"exec_to_first_sds " + defaultKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, defaultKeyType, p.execRuns) }},
-		{"exec_to_first_sds " + comparisonKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, comparisonKeyType, p.execRunsRSA) }},
-		{"sds_request_response", b.requestResponse},
-		{"rotation_fanout", b.rotationFanout},
-		{"rss_kb", b.rss},
-		{"outage_recovery", b.outageRecovery},
-		{"restart_reconnect", b.restartReconnect},
+		{"exec", "exec_to_first_sds " + defaultKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, defaultKeyType, p.execRuns) }},
+		{"exec", "exec_to_first_sds " + comparisonKeyType, func(ctx context.Context) error { return b.execToFirst(ctx, comparisonKeyType, p.execRunsRSA) }},
+		{"request", "sds_request_response", b.requestResponse},
+		{"fanout", "rotation_fanout", b.rotationFanout},
+		{"rss", "rss_kb", b.rss},
+		{"outage_recovery", "outage_recovery", b.outageRecovery},
+		{"restart_reconnect", "restart_reconnect", b.restartReconnect},
+		{"logflood", "log_flood", b.logFlood},
+		{"limits", "limits", b.limits},
+		{"churn", "churn", b.churn},
 	}
 	for _, s := range steps {
-		if !p.selected(strings.Fields(s.name)[0]) {
+		if !p.only[s.key] {
 			continue
 		}
 		if err := s.fn(ctx); err != nil {

@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -33,6 +35,8 @@ type proc struct {
 	// ctx is done once the process has exited (or the parent is done).
 	ctx    context.Context
 	exited chan struct{}
+	// logBytes counts every byte the process wrote to stdout and stderr.
+	logBytes atomic.Int64
 }
 
 // startProc starts bin with args in a new process group and returns it
@@ -61,7 +65,8 @@ func startProc(parent context.Context, name, bin string, onLine func([]byte), ar
 	}
 	go func() {
 		defer r.Close()
-		sc := bufio.NewScanner(r)
+		cr := &countingReader{r: r, n: &p.logBytes}
+		sc := bufio.NewScanner(cr)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			p.logs.add(sc.Text())
@@ -69,6 +74,9 @@ func startProc(parent context.Context, name, bin string, onLine func([]byte), ar
 				onLine(sc.Bytes())
 			}
 		}
+		// A line longer than the buffer ends Scan: keep draining, so that
+		// the process never blocks on a full pipe.
+		_, _ = io.Copy(io.Discard, cr)
 	}()
 	go func() {
 		_ = cmd.Wait()
@@ -165,6 +173,18 @@ func (p *proc) status() (memory, error) {
 		return memory{}, fmt.Errorf("%s status has no VmRSS/VmHWM:\n%s", p.name, b)
 	}
 	return m, nil
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // tail keeps the last lines written.

@@ -6,33 +6,37 @@ import (
 	"strings"
 )
 
-// figures names every figure, in the order they run.
-var figures = []string{"exec_to_first_sds", "sds_request_response", "rotation_fanout", "rss_kb", "outage_recovery", "restart_reconnect"}
+// Keys of -only, in the order the figures run. quickKeys are what -quick
+// runs when -only is not given: the others take tens of seconds or
+// minutes whatever the sizes.
+var (
+	figureKeys = []string{"exec", "request", "fanout", "rss", "outage_recovery", "restart_reconnect", "logflood", "limits", "churn"}
+	quickKeys  = []string{"exec", "request", "fanout", "rss"}
+)
 
-// slowFigures take tens of seconds whatever the sizes, so -quick leaves
-// them out unless -only names them.
-var slowFigures = []string{"outage_recovery", "restart_reconnect"}
-
-// parseOnly parses -only: figure names separated by commas.
-func parseOnly(s string) (map[string]bool, error) {
-	only := map[string]bool{}
-	for name := range strings.SplitSeq(s, ",") {
-		name = strings.TrimSpace(name)
-		if name == "" {
+// parseOnly returns the set of figure keys that list (comma-separated)
+// names; an empty list means every figure, or quickKeys with quick.
+func parseOnly(list string, quick bool) (map[string]bool, error) {
+	set := map[string]bool{}
+	if strings.TrimSpace(list) == "" {
+		keys := figureKeys
+		if quick {
+			keys = quickKeys
+		}
+		for _, k := range keys {
+			set[k] = true
+		}
+		return set, nil
+	}
+	for k := range strings.SplitSeq(list, ",") {
+		k = strings.TrimSpace(k)
+		if k == "" {
 			continue
 		}
-		if !slices.Contains(figures, name) {
-			return nil, fmt.Errorf("-only: unknown figure %q; the figures are %s", name, strings.Join(figures, ", "))
+		if !slices.Contains(figureKeys, k) {
+			return nil, fmt.Errorf("-only: unknown figure %q; known: %s", k, strings.Join(figureKeys, ","))
 		}
-		only[name] = true
+		set[k] = true
 	}
-	return only, nil
-}
-
-// selected reports whether the figure name runs.
-func (p params) selected(name string) bool {
-	if len(p.only) > 0 {
-		return p.only[name]
-	}
-	return !p.quick || !slices.Contains(slowFigures, name)
+	return set, nil
 }

@@ -16,22 +16,21 @@ func TestSelectedFigures(t *testing.T) {
 		quick bool
 		want  []string
 	}{
-		{"full run", "", false, figures},
-		{"quick leaves out the slow figures", "", true, []string{"exec_to_first_sds", "sds_request_response", "rotation_fanout", "rss_kb"}},
+		{"full run", "", false, figureKeys},
+		{"quick leaves out the slow figures", "", true, []string{"exec", "request", "fanout", "rss"}},
 		{"only names them", " outage_recovery,restart_reconnect ", true, []string{"outage_recovery", "restart_reconnect"}},
-		{"only one", "rss_kb", false, []string{"rss_kb"}},
+		{"only one", "rss", false, []string{"rss"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			only, err := parseOnly(tt.only)
+			only, err := parseOnly(tt.only, tt.quick)
 			if err != nil {
 				t.Fatal(err)
 			}
-			p := params{quick: tt.quick, only: only}
 			var got []string
-			for _, f := range figures {
-				if p.selected(f) {
-					got = append(got, f)
+			for _, k := range figureKeys {
+				if only[k] {
+					got = append(got, k)
 				}
 			}
 			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
@@ -43,7 +42,7 @@ func TestSelectedFigures(t *testing.T) {
 
 func TestUnknownFigureIsRefused(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	code := run(context.Background(), []string{"-agent", "bin/sdsagent", "-only", "rss_kb,outage"}, &stdout, &stderr)
+	code := run(context.Background(), []string{"-agent", "bin/sdsagent", "-only", "rss,outage"}, &stdout, &stderr)
 	if code != 2 || !strings.Contains(stderr.String(), `unknown figure "outage"`) || !strings.Contains(stderr.String(), "outage_recovery") {
 		t.Fatalf("exit %d, stderr %q; want exit 2 naming the unknown figure and the valid ones", code, stderr.String())
 	}

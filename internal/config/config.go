@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -209,10 +210,10 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	if a.SecretTTL <= 0 {
 		return Agent{}, fmt.Errorf("--secret-ttl (SECRET_TTL) must be positive, got %s", a.SecretTTL)
 	}
-	if a.GraceRatio <= 0 || a.GraceRatio >= 1 {
+	if !(a.GraceRatio > 0 && a.GraceRatio < 1) { // also refuses NaN
 		return Agent{}, fmt.Errorf("--grace-ratio (SECRET_GRACE_PERIOD_RATIO) must be between 0 and 1, got %v", a.GraceRatio)
 	}
-	if a.GraceJitter < 0 || a.GraceRatio+a.GraceJitter >= 1 {
+	if !(a.GraceJitter >= 0 && a.GraceRatio+a.GraceJitter < 1) {
 		return Agent{}, fmt.Errorf("--grace-jitter (SECRET_GRACE_PERIOD_RATIO_JITTER) must be >= 0 and grace ratio + jitter below 1, got %v", a.GraceJitter)
 	}
 	if a.MountedCerts != MountedOff && a.CertDir == "" {
@@ -485,10 +486,17 @@ func (r *resolver) duration(name string) time.Duration {
 	return d
 }
 
+// maxDurationSeconds is the most seconds a time.Duration holds (about
+// 292 years); more would wrap around.
+const maxDurationSeconds = int64(math.MaxInt64 / time.Second)
+
 // parseDuration accepts Go durations and, as Istio does for SECRET_TTL,
 // plain seconds.
 func parseDuration(v string) (time.Duration, error) {
 	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs > maxDurationSeconds || secs < -maxDurationSeconds {
+			return 0, fmt.Errorf("%d seconds is out of range", secs)
+		}
 		return time.Duration(secs) * time.Second, nil
 	}
 	return time.ParseDuration(v)
