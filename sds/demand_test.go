@@ -227,7 +227,9 @@ func TestFileCertLoadedOnDemandPushedAndDropped(t *testing.T) {
 	st.Close()
 	mh.waitDropped(name)
 	mh.pair(dir, testpki.LeafOptions{Key: first.Key})
-	time.Sleep(quiet)
+	// Not event-driven yet: no event orders a file change the manager no
+	// longer watches before one it does (issue 10).
+	time.Sleep(250 * time.Millisecond)
 	if _, ok := mh.mgr.Snapshot().Get(name); ok {
 		t.Fatal("a dropped name was loaded again")
 	}

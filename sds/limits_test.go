@@ -45,23 +45,14 @@ func (h *harness) rejections(limit string) float64 {
 // publishes before the sync goroutine applies).
 func (h *harness) waitServed(names ...string) {
 	h.t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for {
-		v := h.srv.Versions()
-		missing := false
+	h.waitTable(fmt.Sprintf("%v served", names), func(v map[string]string) bool {
 		for _, n := range names {
 			if _, ok := v[n]; !ok {
-				missing = true
+				return false
 			}
 		}
-		if !missing {
-			return
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%v not served: versions %v", names, v)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 func manyNames(n int) []string {
