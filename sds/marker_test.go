@@ -1,8 +1,12 @@
 package sds
 
 import (
+	"fmt"
 	"slices"
+	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
@@ -53,6 +57,19 @@ func (h *harness) markDelta(st *sdstest.DeltaStream, mark string) *sdstest.Delta
 	return resp
 }
 
+// waitPushes waits until at least n responses were sent on api's streams
+// and returns how many were. The client may read a response before the
+// server counts it; the server wakes stream waiters after counting.
+func (h *harness) waitPushes(api string, n float64) float64 {
+	h.t.Helper()
+	var got float64
+	h.waitStreams(fmt.Sprintf("%v %s pushes", n, api), func([]StreamInfo) bool {
+		got = testutil.ToFloat64(h.metrics.SDSPushes.WithLabelValues(api))
+		return got >= n
+	})
+	return got
+}
+
 // waitVersion waits until the server serves name at a version other than
 // before (the store publishes before the sync goroutine applies).
 func (h *harness) waitVersion(name, before string) {
@@ -67,18 +84,25 @@ func (h *harness) waitVersion(name, before string) {
 // every table update.
 func (h *harness) waitTable(what string, cond func(map[string]string) bool) {
 	h.t.Helper()
+	waitTable(h.t, h.srv, what, cond)
+}
+
+// waitTable waits until cond holds for srv's Versions, waking at every
+// table update.
+func waitTable(t testing.TB, srv *Server, what string, cond func(map[string]string) bool) {
+	t.Helper()
 	deadline := time.NewTimer(waitFor)
 	defer deadline.Stop()
 	for {
-		updated := h.srv.table.watch()
-		v := h.srv.Versions()
+		updated := srv.table.watch()
+		v := srv.Versions()
 		if cond(v) {
 			return
 		}
 		select {
 		case <-updated:
 		case <-deadline.C:
-			h.t.Fatalf("waiting for %s: versions %v", what, v)
+			t.Fatalf("waiting for %s: versions %v", what, v)
 		}
 	}
 }

@@ -106,7 +106,7 @@ func TestACKIsNotAnswered(t *testing.T) {
 		t.Errorf("stream info = %+v", info)
 	}
 	h.markSotW(st, root, def)
-	if got := testutil.ToFloat64(h.metrics.SDSPushes.WithLabelValues(apiSotW)); got != 2 {
+	if got := h.waitPushes(apiSotW, 2); got != 2 {
 		t.Errorf("sotw pushes = %v, want 2 (the answer and the marker)", got)
 	}
 }
@@ -266,7 +266,7 @@ func TestNoPushWithoutChange(t *testing.T) {
 			h.store.Update([]*cache.Secret{rootSecret(testpki.NewRoot(t, "other root"))}, nil)
 			h.recv(marker)
 			h.markSotW(st, root, def)
-			if got := testutil.ToFloat64(h.metrics.SDSPushes.WithLabelValues(apiSotW)); got != 4 {
+			if got := h.waitPushes(apiSotW, 4); got != 4 {
 				t.Errorf("sotw pushes = %v, want 4 (two initial, two markers)", got)
 			}
 		})
