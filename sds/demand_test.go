@@ -219,13 +219,35 @@ func TestFileCertLoadedOnDemandPushedAndDropped(t *testing.T) {
 		t.Fatal("the unchanged default was pushed again")
 	}
 
+	// A marker: a file-root: name another stream keeps wanting, in a
+	// directory of its own. File events reach the manager in order, in
+	// batches it loads one after the other, so once a change to the marker
+	// written after the rewrite below has been pushed twice, a reload of
+	// the dropped name caused by the rewrite would have been published.
+	markDir := t.TempDir()
+	markFile := filepath.Join(markDir, "ca.pem")
+	filewatchtest.RenameOver(t, markFile, testpki.NewRoot(t, "marker 0").CertPEM)
+	mark := cache.FileRootPrefix + markFile
+	markSt := mh.openStream()
+	if err := markSt.Request(mark); err != nil {
+		t.Fatal(err)
+	}
+	mh.recvWith(markSt, mark)
+
 	// No stream wants it any more: dropped from the cache and unwatched.
 	st.Close()
 	mh.waitDropped(name)
 	mh.pair(dir, testpki.LeafOptions{Key: first.Key})
-	// Not event-driven yet: no event orders a file change the manager no
-	// longer watches before one it does (issue 10).
-	time.Sleep(250 * time.Millisecond)
+	for _, label := range []string{"marker 1", "marker 2"} {
+		want := testpki.NewRoot(t, label).CertPEM
+		filewatchtest.RenameOver(t, markFile, want)
+		for {
+			got := mh.recvWith(markSt, mark).Secret(mark).GetValidationContext().GetTrustedCa().GetInlineBytes()
+			if bytes.Contains(got, want) {
+				break
+			}
+		}
+	}
 	if _, ok := mh.mgr.Snapshot().Get(name); ok {
 		t.Fatal("a dropped name was loaded again")
 	}
