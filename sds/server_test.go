@@ -439,7 +439,7 @@ func TestStaleNonceIgnored(t *testing.T) {
 	// The ACK must arrive before the push, or it is stale itself.
 	h.oneStream("ack recorded", func(s StreamInfo) bool { return s.AckedVersion == first.Version })
 	h.publishLeaf(spiffeA)
-	second := h.recv(st)
+	h.recv(st) // the push: the requests below answer the response before it
 
 	// Requests answering the first response arrive after the second was
 	// sent: they are ignored, by the protocol and by the bookkeeping.
@@ -453,11 +453,12 @@ func TestStaleNonceIgnored(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// ROOTCA was asked with a stale nonce: not sent. The same request
-	// with the current nonce is served, and its answer comes first.
+	// ROOTCA was asked with a stale nonce: not sent.
+	marked := h.markSotW(st, def, def)
+	// The same request with the current nonce is served.
 	err := st.Send(&discoveryv3.DiscoveryRequest{
-		VersionInfo: second.Version, ResourceNames: []string{def, root},
-		TypeUrl: resource.SecretType, ResponseNonce: second.Nonce,
+		VersionInfo: marked.Version, ResourceNames: []string{def, root},
+		TypeUrl: resource.SecretType, ResponseNonce: marked.Nonce,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -467,7 +468,7 @@ func TestStaleNonceIgnored(t *testing.T) {
 	}
 	// Requests are processed in order, so the stale ones have been seen.
 	info := h.srv.Streams()[0]
-	if info.Nacks != 0 || info.LastNack != "" || info.AckedVersion != second.Version {
+	if info.Nacks != 0 || info.LastNack != "" || info.AckedVersion != marked.Version {
 		t.Errorf("stream info after stale requests = %+v", info)
 	}
 	if got := testutil.ToFloat64(h.metrics.SDSNacks); got != 0 {
