@@ -93,7 +93,8 @@ type Config struct {
 	// Metrics receives the SDS metrics. Default metrics.New(nil).
 	Metrics *metrics.Metrics
 	// Clock tells the time: when the workload certificate has expired,
-	// and the windows of the log limits. Default the real clock.
+	// the windows of the log limits, and when a graceful stop gives up.
+	// Default the real clock.
 	Clock clock.Clock
 	// Limits bound what clients may ask for; zero fields get defaults.
 	Limits Limits
