@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
@@ -139,13 +138,7 @@ func TestRunRemovesSocket(t *testing.T) {
 
 	h.publishAll()
 	// Wait until the second server serves it too.
-	deadline := time.Now().Add(waitFor)
-	for _, ok := srv.Versions()[def]; !ok; _, ok = srv.Versions()[def] {
-		if time.Now().After(deadline) {
-			t.Fatal("the second server does not serve default")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitTable(t, srv, "the second server serves default", func(v map[string]string) bool { _, ok := v[def]; return ok })
 	conn, err := sdstest.Dial(h.ctx(), path)
 	if err != nil {
 		t.Fatal(err)

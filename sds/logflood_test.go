@@ -92,13 +92,10 @@ func TestStreamFloodCannotInflateLogs(t *testing.T) {
 		}
 	}
 	want := float64(requests * DefaultMaxNamesPerRequest)
-	deadline := time.Now().Add(waitFor)
-	for testutil.ToFloat64(h.metrics.SDSUnknownNames) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("unknown names metric = %v, want %v", testutil.ToFloat64(h.metrics.SDSUnknownNames), want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	// A stream counts and logs a request's names before waking waiters.
+	h.waitStreams(fmt.Sprintf("%v unknown names counted", want), func([]StreamInfo) bool {
+		return testutil.ToFloat64(h.metrics.SDSUnknownNames) == want
+	})
 	if n := h.logs.FilterMessage(msgUnknownName).Len(); n != streamLogBurst {
 		t.Fatalf("one stream logged %d unknown-name lines, want its budget of %d", n, streamLogBurst)
 	}
@@ -107,13 +104,9 @@ func TestStreamFloodCannotInflateLogs(t *testing.T) {
 	if err := other.Request("bogus"); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(waitFor)
-	for h.logs.FilterMessage(msgUnknownName).Len() != streamLogBurst+1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("logged %d lines, want %d", h.logs.FilterMessage(msgUnknownName).Len(), streamLogBurst+1)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	h.waitStreams(fmt.Sprintf("%d unknown-name lines", streamLogBurst+1), func([]StreamInfo) bool {
+		return h.logs.FilterMessage(msgUnknownName).Len() == streamLogBurst+1
+	})
 	// The stream's record of unknown names is bounded too.
 	if n := len(h.srv.Streams()[0].UnknownNames); n > DefaultMaxNamesPerRequest {
 		t.Fatalf("stream keeps %d unknown names", n)

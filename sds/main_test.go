@@ -35,8 +35,6 @@ const (
 	spiffeA = "spiffe://cluster.local/ns/a/sa/alpha"
 	spiffeB = "spiffe://cluster.local/ns/b/sa/beta"
 
-	// quiet is how long a test waits to conclude that no response comes.
-	quiet = 250 * time.Millisecond
 	// waitFor bounds waiting for anything that must happen.
 	waitFor = 15 * time.Second
 )
@@ -304,34 +302,6 @@ func (h *harness) recvDelta(st *sdstest.DeltaStream) *sdstest.DeltaResponse {
 		h.t.Fatalf("Recv delta: %v", err)
 	}
 	return resp
-}
-
-// expectQuiet checks that no SotW response arrives for a short while.
-func (h *harness) expectQuiet(st *sdstest.Stream) {
-	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), quiet)
-	defer cancel()
-	resp, err := st.Recv(ctx)
-	if err == nil {
-		h.t.Fatalf("unexpected response: version %s, names %v", resp.Version, resp.Names())
-	}
-	if !errors.Is(err, context.DeadlineExceeded) {
-		h.t.Fatalf("Recv: %v, want no response", err)
-	}
-}
-
-// expectQuietDelta checks that no delta response arrives for a short while.
-func (h *harness) expectQuietDelta(st *sdstest.DeltaStream) {
-	h.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), quiet)
-	defer cancel()
-	resp, err := st.Recv(ctx)
-	if err == nil {
-		h.t.Fatalf("unexpected delta response: names %v, removed %v", resp.Names(), resp.Removed)
-	}
-	if !errors.Is(err, context.DeadlineExceeded) {
-		h.t.Fatalf("Recv delta: %v, want no response", err)
-	}
 }
 
 // waitStreams waits until cond holds for the server's open streams.

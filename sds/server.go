@@ -93,7 +93,8 @@ type Config struct {
 	// Metrics receives the SDS metrics. Default metrics.New(nil).
 	Metrics *metrics.Metrics
 	// Clock tells the time: when the workload certificate has expired,
-	// and the windows of the log limits. Default the real clock.
+	// the windows of the log limits, and when a graceful stop gives up.
+	// Default the real clock.
 	Clock clock.Clock
 	// Limits bound what clients may ask for; zero fields get defaults.
 	Limits Limits
@@ -280,18 +281,19 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	return err
 }
 
-// stop stops gs gracefully, or forcibly after gracefulStopTimeout.
+// stop stops gs gracefully, or forcibly after gracefulStopTimeout on the
+// server's clock.
 func (s *Server) stop(gs *grpc.Server) {
 	done := make(chan struct{})
 	go func() {
 		gs.GracefulStop()
 		close(done)
 	}()
-	timer := time.NewTimer(gracefulStopTimeout)
+	timer := s.cfg.Clock.NewTimer(gracefulStopTimeout)
 	defer timer.Stop()
 	select {
 	case <-done:
-	case <-timer.C:
+	case <-timer.C():
 		s.log.Warn("graceful stop timed out, closing connections", zap.Duration("timeout", gracefulStopTimeout))
 		gs.Stop()
 		<-done
@@ -301,6 +303,13 @@ func (s *Server) stop(gs *grpc.Server) {
 // Versions returns, for each secret being served, the version at which it
 // last changed. A stream whose AckedVersion is at least that version (they
 // are "<prefix><n>" with a growing n) has received it.
+//
+// Versions never lags what streams are sent: a secret enters the table
+// with its version before any stream can read it, so once a stream has
+// received a secret, Versions reports that version or a later one. A
+// response's version is the highest version among the secrets sent on
+// that stream, not the table's latest update, so a stream that asks only
+// for default sees default's version even after ROOTCA changed.
 func (s *Server) Versions() map[string]string { return s.table.versions() }
 
 // Streams returns the open streams sorted by ID.

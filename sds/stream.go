@@ -309,17 +309,18 @@ func (st *stream) nextNonce() string {
 	return strconv.FormatUint(st.nonces, 10)
 }
 
-// sent records a response written to the client.
+// sent records a response written to the client. Waiters (waitStreams)
+// wake after the metric and the log line, so they find both.
 func (st *stream) sent(version, nonce string, resources int) {
 	s := st.s
 	st.lastNonce, st.lastVersion = nonce, version
-	s.mu.Lock()
-	s.notifyLocked()
-	s.mu.Unlock()
 	s.pushes[st.api].Inc()
 	if s.debug.Allow(st.debugLim, "response sent") {
 		s.debug.Write("response sent", st.fields(zap.String("version", version), zap.String("nonce", nonce), zap.Int("resources", resources))...)
 	}
+	s.mu.Lock()
+	s.notifyLocked()
+	s.mu.Unlock()
 }
 
 // fields are the log fields naming the stream, then extra.

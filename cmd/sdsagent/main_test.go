@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 
@@ -269,12 +270,14 @@ func recv(t *testing.T, st *sdstest.Stream, limit time.Duration) (*sdstest.Respo
 }
 
 // recvIdentity receives responses on st, ACKing each as Envoy does,
-// until one carries both default and ROOTCA, and returns it. A response
-// carries the requested secrets that exist: with mounted files, ROOTCA
-// (its file loads first) can be served a moment before default.
+// until default and ROOTCA have both arrived, and returns the last
+// response carrying the latest of each. A push carries only the secrets
+// that changed: with mounted files, ROOTCA (its file loads first) can
+// come alone a moment before default, which then comes alone too.
 func recvIdentity(t *testing.T, st *sdstest.Stream) *sdstest.Response {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
+	var def, root *sdstest.Response
 	for {
 		resp, err := recv(t, st, time.Until(deadline))
 		if err != nil {
@@ -283,7 +286,14 @@ func recvIdentity(t *testing.T, st *sdstest.Stream) *sdstest.Response {
 		if err := st.ACK(); err != nil {
 			t.Fatal(err)
 		}
-		if resp.Secret("default") != nil && resp.Secret("ROOTCA") != nil {
+		if resp.Secret("default") != nil {
+			def = resp
+		}
+		if resp.Secret("ROOTCA") != nil {
+			root = resp
+		}
+		if def != nil && root != nil {
+			resp.Secrets = []*tlsv3.Secret{def.Secret("default"), root.Secret("ROOTCA")}
 			return resp
 		}
 	}

@@ -71,11 +71,7 @@ func decodeDeltaResponse(raw *discoveryv3.DeltaDiscoveryResponse) (*DeltaRespons
 type DeltaStream struct {
 	stream secretv3.SecretDiscoveryService_DeltaSecretsClient
 	opts   options
-	cancel context.CancelFunc
-
-	recvCh   chan *discoveryv3.DeltaDiscoveryResponse
-	recvDone chan struct{}
-	recvErr  error // set before recvDone is closed
+	recv   *receiver[discoveryv3.DeltaDiscoveryResponse]
 
 	mu        sync.Mutex
 	sentFirst bool
@@ -91,32 +87,7 @@ func OpenDeltaStream(ctx context.Context, conn grpc.ClientConnInterface, opts ..
 		cancel()
 		return nil, fmt.Errorf("open sds delta stream: %w", err)
 	}
-	s := &DeltaStream{
-		stream:   st,
-		opts:     newOptions(opts),
-		cancel:   cancel,
-		recvCh:   make(chan *discoveryv3.DeltaDiscoveryResponse),
-		recvDone: make(chan struct{}),
-	}
-	go s.receive(ctx)
-	return s, nil
-}
-
-func (s *DeltaStream) receive(ctx context.Context) {
-	defer close(s.recvDone)
-	for {
-		msg, err := s.stream.Recv()
-		if err != nil {
-			s.recvErr = err
-			return
-		}
-		select {
-		case s.recvCh <- msg:
-		case <-ctx.Done():
-			s.recvErr = ctx.Err()
-			return
-		}
-	}
+	return &DeltaStream{stream: st, opts: newOptions(opts), recv: startReceiver(ctx, cancel, st.Recv)}, nil
 }
 
 // Subscribe adds names to the stream's subscriptions.
@@ -176,25 +147,19 @@ func (s *DeltaStream) send(req *discoveryv3.DeltaDiscoveryRequest) error {
 // Recv waits for the next response or until ctx is done, decoding and
 // validating every secret as Stream.Recv does.
 func (s *DeltaStream) Recv(ctx context.Context) (*DeltaResponse, error) {
-	select {
-	case raw := <-s.recvCh:
-		s.mu.Lock()
-		s.lastNonce = raw.GetNonce()
-		s.mu.Unlock()
-		resp, err := decodeDeltaResponse(raw)
-		if err != nil {
-			return resp, fmt.Errorf("sds delta response %s: %w", raw.GetNonce(), err)
-		}
-		return resp, nil
-	case <-s.recvDone:
-		return nil, s.recvErr
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	raw, err := s.recv.next(ctx)
+	if err != nil {
+		return nil, err
 	}
+	s.mu.Lock()
+	s.lastNonce = raw.GetNonce()
+	s.mu.Unlock()
+	resp, err := decodeDeltaResponse(raw)
+	if err != nil {
+		return resp, fmt.Errorf("sds delta response %s: %w", raw.GetNonce(), err)
+	}
+	return resp, nil
 }
 
 // Close ends the stream and waits for its receiving goroutine.
-func (s *DeltaStream) Close() {
-	s.cancel()
-	<-s.recvDone
-}
+func (s *DeltaStream) Close() { s.recv.close() }

@@ -57,11 +57,7 @@ func decodeResponse(raw *discoveryv3.DiscoveryResponse) (*Response, error) {
 type Stream struct {
 	stream secretv3.SecretDiscoveryService_StreamSecretsClient
 	opts   options
-	cancel context.CancelFunc
-
-	recvCh   chan *discoveryv3.DiscoveryResponse
-	recvDone chan struct{}
-	recvErr  error // set before recvDone is closed
+	recv   *receiver[discoveryv3.DiscoveryResponse]
 
 	mu        sync.Mutex
 	sentFirst bool
@@ -80,33 +76,7 @@ func OpenStream(ctx context.Context, conn grpc.ClientConnInterface, opts ...Opti
 		cancel()
 		return nil, fmt.Errorf("open sds stream: %w", err)
 	}
-	s := &Stream{
-		stream:   st,
-		opts:     newOptions(opts),
-		cancel:   cancel,
-		recvCh:   make(chan *discoveryv3.DiscoveryResponse),
-		recvDone: make(chan struct{}),
-	}
-	go s.receive(ctx)
-	return s, nil
-}
-
-// receive hands responses to Recv until the stream ends.
-func (s *Stream) receive(ctx context.Context) {
-	defer close(s.recvDone)
-	for {
-		msg, err := s.stream.Recv()
-		if err != nil {
-			s.recvErr = err
-			return
-		}
-		select {
-		case s.recvCh <- msg:
-		case <-ctx.Done():
-			s.recvErr = ctx.Err()
-			return
-		}
-	}
+	return &Stream{stream: st, opts: newOptions(opts), recv: startReceiver(ctx, cancel, st.Recv)}, nil
 }
 
 // Request asks for names, replacing the previous set, as Envoy does when
@@ -175,25 +145,19 @@ func (s *Stream) sendLocked(version string, detail *rpcstatus.Status) error {
 // one received, so the caller can NACK it. When the stream has ended it
 // returns the stream's error (io.EOF after a clean end).
 func (s *Stream) Recv(ctx context.Context) (*Response, error) {
-	select {
-	case raw := <-s.recvCh:
-		s.mu.Lock()
-		s.lastVer, s.lastNonce = raw.GetVersionInfo(), raw.GetNonce()
-		s.mu.Unlock()
-		resp, err := decodeResponse(raw)
-		if err != nil {
-			return resp, fmt.Errorf("sds response %s: %w", raw.GetNonce(), err)
-		}
-		return resp, nil
-	case <-s.recvDone:
-		return nil, s.recvErr
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	raw, err := s.recv.next(ctx)
+	if err != nil {
+		return nil, err
 	}
+	s.mu.Lock()
+	s.lastVer, s.lastNonce = raw.GetVersionInfo(), raw.GetNonce()
+	s.mu.Unlock()
+	resp, err := decodeResponse(raw)
+	if err != nil {
+		return resp, fmt.Errorf("sds response %s: %w", raw.GetNonce(), err)
+	}
+	return resp, nil
 }
 
 // Close ends the stream and waits for its receiving goroutine.
-func (s *Stream) Close() {
-	s.cancel()
-	<-s.recvDone
-}
+func (s *Stream) Close() { s.recv.close() }
