@@ -15,13 +15,16 @@
 //	log_flood             the agent's log output and CPU under hostile requests
 //	limit_*               what the agent holds when a client asks for too much
 //	churn                 goroutines, fds and memory around connection churn
+//	init_time             time before main (inittrace sum), exec to exit and
+//	                      CPU of `sdsagent version` beside a hello-world
+//	binary_size           the binaries' sizes
 //
 // Usage:
 //
 //	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick] [-only LIST]
 //
 // -only runs a comma-separated subset of exec, request, fanout, rss,
-// outage_recovery, restart_reconnect, logflood, limits and churn. -quick
+// outage_recovery, restart_reconnect, logflood, limits, churn and init. -quick
 // runs only the first four unless -only names others.
 //
 // Every process it starts is in its own process group, killed on any
@@ -204,6 +207,7 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 		{"logflood", "log_flood", b.logFlood},
 		{"limits", "limits", b.limits},
 		{"churn", "churn", b.churn},
+		{"init", "init_time", func(ctx context.Context) error { return b.initTime(ctx, nil) }},
 	}
 	for _, s := range steps {
 		if !p.only[s.key] {
