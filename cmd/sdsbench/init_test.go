@@ -61,3 +61,23 @@ func TestInitLines(t *testing.T) {
 		})
 	}
 }
+
+func TestColdLine(t *testing.T) {
+	tests := []struct {
+		name                string
+		agent, floor, csr   time.Duration
+		wantBound, wantVerd string
+	}{
+		{"within", 20 * time.Millisecond, 10 * time.Millisecond, 7 * time.Millisecond, "1.3x floor + csr=20.00ms", "met"},
+		{"over", 21 * time.Millisecond, 10 * time.Millisecond, 7 * time.Millisecond, "1.3x floor + csr=20.00ms", "MISSED"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			line := coldLine(20, tt.agent, tt.floor, tt.csr)
+			if !strings.HasPrefix(line, "cold_start  runs=20 median  agent=") || !strings.Contains(line, tt.wantBound) ||
+				!strings.HasSuffix(line, tt.wantVerd+"]") || !strings.Contains(line, "floor=10.00ms csr_round_trip=7.00ms") {
+				t.Fatalf("%q: want %q and %s", line, tt.wantBound, tt.wantVerd)
+			}
+		})
+	}
+}

@@ -23,6 +23,8 @@
 //	                      CPU of `sdsagent version` beside the floor server
 //	                      and a hello-world
 //	binary_size           the binaries' sizes
+//	cold_start            exec to first response of the agent and of the
+//	                      floor server, and a CSR round trip to the CA
 //
 // Usage:
 //
@@ -30,7 +32,7 @@
 //
 // -only runs a comma-separated subset of exec, request, fanout, rss,
 // conns, connmem, outage_recovery, restart_reconnect, logflood, limits,
-// churn and init. -quick runs only the first four unless -only names
+// churn, init and coldstart. -quick runs only the first four unless -only names
 // others. Without -floor, the floor server is built with go build (run
 // sdsbench from the module).
 //
@@ -222,6 +224,7 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 		{"limits", "limits", b.limits},
 		{"churn", "churn", b.churn},
 		{"init", "init_time", func(ctx context.Context) error { return b.initTime(ctx, b.floorBinary) }},
+		{"coldstart", "cold_start", b.coldStart},
 	}
 	for _, s := range steps {
 		if !p.only[s.key] {
