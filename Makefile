@@ -36,9 +36,14 @@ test:
 test-short:
 	$(GO) test -count=1 -short ./...
 
+# The floor server (cmd/sdsbench/floor): a grpc-go SDS server that only
+# returns one fixed response; sdsbench prints connection figures as ratios to it.
+FLOOR_BIN := bin/sdsfloor
+
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/pki/ ./sds/ ./cache/
-	$(GO) run ./cmd/sdsbench -agent $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(FLOOR_BIN) ./cmd/sdsbench/floor
+	$(GO) run ./cmd/sdsbench -agent $(BIN) -floor $(FLOOR_BIN)
 
 # fuzz runs every Fuzz target of every package, one after the other, for
 # FUZZTIME each. `make test` already runs their seed corpora (f.Add seeds

@@ -118,13 +118,13 @@ const fetchHeadroom = 16
 // itself, and the connection tagging the stream limits need.
 func (s *Server) grpcOptions() []grpc.ServerOption {
 	lim := s.cfg.Limits
-	return []grpc.ServerOption{
+	return append(transportOptions(s.cfg.untune),
 		grpc.WaitForHandlers(true),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
 		grpc.MaxRecvMsgSize(lim.MaxMessageBytes),
 		grpc.MaxConcurrentStreams(uint32(min(lim.MaxStreamsPerConn+fetchHeadroom, 1<<31))),
-		grpc.StatsHandler(connTagger{}),
-	}
+		grpc.StatsHandler(connTagger{open: &s.conns}),
+	)
 }
 
 // serviceDesc is the generated SDS service description with a FetchSecrets
@@ -206,13 +206,20 @@ func connFrom(ctx context.Context) *connState {
 }
 
 // connTagger gives every connection its connState: stream contexts
-// derive from the connection's.
-type connTagger struct{}
+// derive from the connection's. open counts the open connections.
+type connTagger struct{ open *atomic.Int64 }
 
 func (connTagger) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
 	return context.WithValue(ctx, connKey{}, &connState{})
 }
-func (connTagger) HandleConn(context.Context, stats.ConnStats) {}
+func (t connTagger) HandleConn(_ context.Context, st stats.ConnStats) {
+	switch st.(type) {
+	case *stats.ConnBegin:
+		t.open.Add(1)
+	case *stats.ConnEnd:
+		t.open.Add(-1)
+	}
+}
 func (connTagger) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
 	return ctx
 }
@@ -235,7 +242,11 @@ func (l handshakeListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &handshakeConn{Conn: c, s: l.s}, nil
+	hc := &handshakeConn{Conn: c, s: l.s}
+	if l.s.cfg.untune&untunePollRead != 0 {
+		return hc, nil
+	}
+	return newPollConn(hc), nil
 }
 
 type handshakeConn struct {
@@ -246,7 +257,16 @@ type handshakeConn struct {
 
 func (c *handshakeConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.timedOut.CompareAndSwap(false, true) {
+	if err != nil {
+		c.readFailed(err)
+	}
+	return n, err
+}
+
+// readFailed counts and logs a read that failed because gRPC's handshake
+// deadline passed.
+func (c *handshakeConn) readFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) && c.timedOut.CompareAndSwap(false, true) {
 		s := c.s
 		s.cfg.Metrics.LimitRejections.WithLabelValues(limitHandshake).Inc()
 		if s.warn.Allow(nil, "connection closed before its http/2 preface") {
@@ -254,7 +274,6 @@ func (c *handshakeConn) Read(p []byte) (int, error) {
 				zap.Duration("timeout", s.cfg.Limits.HandshakeTimeout), zap.String("flag", flagHandshakeTimeout))
 		}
 	}
-	return n, err
 }
 
 // SyscallConn exposes the socket for checks such as SO_PEERCRED.

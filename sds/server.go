@@ -98,6 +98,9 @@ type Config struct {
 	Clock clock.Clock
 	// Limits bound what clients may ask for; zero fields get defaults.
 	Limits Limits
+
+	// untune leaves transport settings at gRPC's defaults (tests only).
+	untune untune
 }
 
 // StreamInfo describes one open SDS stream, for the debug endpoint.
@@ -138,6 +141,8 @@ type Server struct {
 	pushes      map[string]prometheus.Counter
 
 	serving atomic.Bool
+	// conns counts the open client connections.
+	conns atomic.Int64
 
 	// seen is the last *cache.Secret processed per name, served or
 	// rejected. Only the sync code of the running Serve touches it.
@@ -311,6 +316,15 @@ func (s *Server) stop(gs *grpc.Server) {
 // that stream, not the table's latest update, so a stream that asks only
 // for default sees default's version even after ROOTCA changed.
 func (s *Server) Versions() map[string]string { return s.table.versions() }
+
+// Open returns the number of open client connections and SDS streams.
+// It is cheap enough to poll.
+func (s *Server) Open() (conns, streams int) {
+	s.mu.Lock()
+	streams = len(s.streams)
+	s.mu.Unlock()
+	return int(s.conns.Load()), streams
+}
 
 // Streams returns the open streams sorted by ID.
 func (s *Server) Streams() []StreamInfo {

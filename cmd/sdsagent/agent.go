@@ -152,7 +152,20 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	if err != nil {
 		return err
 	}
-	tasks := []func(context.Context) error{mgr.Run, srv.Run}
+	// Memory that thousands of closed connections leave behind goes back
+	// to the OS once the load has fallen, not minutes later.
+	heap, err := memtrim.NewHeapReleaser(memtrim.HeapConfig{
+		Load: func() int {
+			conns, streams := srv.Open()
+			return conns + streams
+		},
+		Clock:  clock.Real(),
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	tasks := []func(context.Context) error{mgr.Run, srv.Run, heap.Run}
 	var peerCheck func() peercred.Stats
 	if len(cfg.AllowedUIDs) > 0 || len(cfg.AllowedGIDs) > 0 {
 		g := &guardedSDS{srv: srv, path: cfg.Socket, mode: cfg.SocketMode, cfg: peercred.Config{

@@ -31,6 +31,8 @@ type bencher struct {
 	ca  *devCA
 	out io.Writer
 	seq int // numbers agents, for socket paths and messages
+	// floorBin is the floor server built by floorBinary, if it was.
+	floorBin string
 }
 
 // agentProc is a running `sdsagent run`.

@@ -15,14 +15,26 @@
 //	log_flood             the agent's log output and CPU under hostile requests
 //	limit_*               what the agent holds when a client asks for too much
 //	churn                 goroutines, fds and memory around connection churn
+//	conns_new             1, 100 and 1,000 new connections answered, as a
+//	                      ratio to the floor server (cmd/sdsbench/floor)
+//	conn_rss_kb           RssAnon and RssFile with 1 and 1,000 connections,
+//	                      agent beside the floor server
+//	init_time             time before main (inittrace sum), exec to exit and
+//	                      CPU of `sdsagent version` beside the floor server
+//	                      and a hello-world
+//	binary_size           the binaries' sizes
+//	cold_start            exec to first response of the agent and of the
+//	                      floor server, and a CSR round trip to the CA
 //
 // Usage:
 //
-//	go run ./cmd/sdsbench -agent bin/sdsagent [-runs N] [-rotations K] [-quick] [-only LIST]
+//	go run ./cmd/sdsbench -agent bin/sdsagent [-floor bin/sdsfloor] [-runs N] [-rotations K] [-quick] [-only LIST]
 //
 // -only runs a comma-separated subset of exec, request, fanout, rss,
-// outage_recovery, restart_reconnect, logflood, limits and churn. -quick
-// runs only the first four unless -only names others.
+// conns, connmem, outage_recovery, restart_reconnect, logflood, limits,
+// churn, init and coldstart. -quick runs only the first four unless -only names
+// others. Without -floor, the floor server is built with go build (run
+// sdsbench from the module).
 //
 // Every process it starts is in its own process group, killed on any
 // error, and every temporary file is removed. It exits 1 if a measurement
@@ -79,6 +91,9 @@ type params struct {
 	rssConns   int
 	rssSettle  time.Duration
 
+	// floor is the floor server's binary; empty: built with go build.
+	floor string
+
 	// only holds the keys of the figures to run (see figureKeys).
 	only map[string]bool
 }
@@ -107,6 +122,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sdsbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	agent := fs.String("agent", "", "path of the built sdsagent binary (required), e.g. bin/sdsagent")
+	floor := fs.String("floor", "", "path of the built floor server (cmd/sdsbench/floor); default: go build it")
 	runs := fs.Int("runs", 20, "exec_to_first_sds runs with ECDSA P-256 (RSA 2048 gets a quarter, at least 1); -quick: 3")
 	rotations := fs.Int("rotations", 5, "rotations measured by rotation_fanout; -quick: 1")
 	quick := fs.Bool("quick", false, "smaller run for tests: fewer runs, samples, streams and rotations")
@@ -123,6 +139,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	p := defaultParams(*quick)
 	p.agent = *agent
+	p.floor = *floor
 	p.quick = *quick
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -199,11 +216,15 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 		{"request", "sds_request_response", b.requestResponse},
 		{"fanout", "rotation_fanout", b.rotationFanout},
 		{"rss", "rss_kb", b.rss},
+		{"conns", "conns_new", b.connsFigure},
+		{"connmem", "conn_rss_kb", b.connMemFigure},
 		{"outage_recovery", "outage_recovery", b.outageRecovery},
 		{"restart_reconnect", "restart_reconnect", b.restartReconnect},
 		{"logflood", "log_flood", b.logFlood},
 		{"limits", "limits", b.limits},
 		{"churn", "churn", b.churn},
+		{"init", "init_time", func(ctx context.Context) error { return b.initTime(ctx, b.floorBinary) }},
+		{"coldstart", "cold_start", b.coldStart},
 	}
 	for _, s := range steps {
 		if !p.only[s.key] {

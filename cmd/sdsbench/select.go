@@ -10,7 +10,7 @@ import (
 // runs when -only is not given: the others take tens of seconds or
 // minutes whatever the sizes.
 var (
-	figureKeys = []string{"exec", "request", "fanout", "rss", "outage_recovery", "restart_reconnect", "logflood", "limits", "churn"}
+	figureKeys = []string{"exec", "request", "fanout", "rss", "conns", "connmem", "outage_recovery", "restart_reconnect", "logflood", "limits", "churn", "init", "coldstart"}
 	quickKeys  = []string{"exec", "request", "fanout", "rss"}
 )
 

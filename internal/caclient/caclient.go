@@ -22,7 +22,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	securityapi "istio.io/api/security/v1alpha1"
+
+	"github.com/sdsagent/sdsagent/internal/caapi"
 )
 
 // defaultTimeout bounds a call when Config.Timeout is zero: long enough for
@@ -172,13 +173,13 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 	if len(md) > 0 {
 		ctx = metadata.AppendToOutgoingContext(ctx, md...)
 	}
-	req := &securityapi.IstioCertificateRequest{
+	req := &caapi.CertificateRequest{
 		Csr:              string(csrPEM),
 		ValidityDuration: int64(ttl.Seconds()),
 	}
 
 	start := time.Now()
-	resp, err := cn.api.CreateCertificate(ctx, req)
+	resp, err := caapi.CreateCertificate(ctx, cn.cc, req)
 	elapsed := time.Since(start)
 	if err != nil {
 		err = redact(err, token)

@@ -13,15 +13,13 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
-	securityapi "istio.io/api/security/v1alpha1"
 
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // conn is one gRPC channel to the CA.
 type conn struct {
-	cc  *grpc.ClientConn
-	api securityapi.IstioCertificateServiceClient
+	cc *grpc.ClientConn
 	// tlsErr is the outcome of the last verification of the CA's
 	// certificate on this channel: nil after a success.
 	tlsErr atomic.Pointer[error]
@@ -52,7 +50,6 @@ func (c *Client) dial() (*conn, error) {
 		return nil, fmt.Errorf("create ca connection to %s: %w", c.cfg.Addr, err)
 	}
 	cn.cc = cc
-	cn.api = securityapi.NewIstioCertificateServiceClient(cc)
 	c.conns[cn] = struct{}{}
 	return cn, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,11 +16,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
@@ -136,10 +134,17 @@ func firstLine(body []byte) string {
 // ParseSecrets reads a /debug/secrets body (Envoy admin's
 // SecretsConfigDump in protojson). Unknown fields are ignored so that a
 // newer agent can be read.
-func ParseSecrets(data []byte) (*adminv3.SecretsConfigDump, error) {
-	dump := &adminv3.SecretsConfigDump{}
-	opts := protojson.UnmarshalOptions{DiscardUnknown: true, Resolver: protoregistry.GlobalTypes}
-	if err := opts.Unmarshal(data, dump); err != nil {
+func ParseSecrets(data []byte) (*SecretsDump, error) {
+	var w secretsDumpJSON
+	if err := json.Unmarshal(data, &w); err != nil {
+		return nil, fmt.Errorf("parse secrets dump: %w", err)
+	}
+	dump := &SecretsDump{}
+	var err error
+	if dump.DynamicActiveSecrets, err = fromWire(w.DynamicActiveSecrets, w.DynamicActiveSecretsProto); err != nil {
+		return nil, fmt.Errorf("parse secrets dump: %w", err)
+	}
+	if dump.DynamicWarmingSecrets, err = fromWire(w.DynamicWarmingSecrets, w.DynamicWarmingSecretsProto); err != nil {
 		return nil, fmt.Errorf("parse secrets dump: %w", err)
 	}
 	return dump, nil
@@ -147,8 +152,8 @@ func ParseSecrets(data []byte) (*adminv3.SecretsConfigDump, error) {
 
 // Select returns a dump holding only the secret named name, active or
 // warming. For a name not in dump the error lists the names that are.
-func Select(dump *adminv3.SecretsConfigDump, name string) (*adminv3.SecretsConfigDump, error) {
-	out := &adminv3.SecretsConfigDump{}
+func Select(dump *SecretsDump, name string) (*SecretsDump, error) {
+	out := &SecretsDump{}
 	for _, s := range dump.GetDynamicActiveSecrets() {
 		if s.GetName() == name {
 			out.DynamicActiveSecrets = append(out.DynamicActiveSecrets, s)
@@ -176,7 +181,7 @@ func Select(dump *adminv3.SecretsConfigDump, name string) (*adminv3.SecretsConfi
 // SecretPEM returns the PEM of the active secret named name: the
 // certificate chain of a TLS certificate, or the trusted CAs of a
 // validation context.
-func SecretPEM(dump *adminv3.SecretsConfigDump, name string) ([]byte, error) {
+func SecretPEM(dump *SecretsDump, name string) ([]byte, error) {
 	sel, err := Select(dump, name)
 	if err != nil {
 		return nil, err
@@ -212,7 +217,7 @@ const (
 // within its validity, its serial in lowercase hex, and its NotAfter and
 // NotBefore in RFC 3339 UTC. A certificate chain whose leaf has expired
 // (at now, or as the agent's error_state says) has the status EXPIRED.
-func WriteTable(w io.Writer, dump *adminv3.SecretsConfigDump, now time.Time) error {
+func WriteTable(w io.Writer, dump *SecretsDump, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 5, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE NAME\tTYPE\tSTATUS\tVALID CERT\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE")
 	for _, entry := range dump.GetDynamicActiveSecrets() {
@@ -249,7 +254,7 @@ func WriteTable(w io.Writer, dump *adminv3.SecretsConfigDump, now time.Time) err
 }
 
 // unpackSecret returns the Envoy Secret in entry.
-func unpackSecret(entry *adminv3.SecretsConfigDump_DynamicSecret) (*tlsv3.Secret, error) {
+func unpackSecret(entry *DynamicSecret) (*tlsv3.Secret, error) {
 	if entry.GetSecret() == nil {
 		return nil, fmt.Errorf("secret %q: no content in dump", entry.GetName())
 	}

@@ -21,9 +21,6 @@ import (
 	"testing"
 	"time"
 
-	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/sdsagent/sdsagent/cache"
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/pki"
@@ -72,7 +69,7 @@ func date(s string) time.Time {
 // goldenDump returns a dump, as the server makes it, of certificates with
 // fixed serials and dates: a valid leaf and intermediate, a valid and an
 // expired root, and a file root; plus one warming secret.
-func goldenDump(t *testing.T) *adminv3.SecretsConfigDump {
+func goldenDump(t *testing.T) *SecretsDump {
 	t.Helper()
 	rootA, rootAKey := mint(t, "root A", 0x1a2b3c4d5e6f, date("2025-01-01T00:00:00Z"), date("2035-01-01T00:00:00Z"), true, nil, nil)
 	rootB, _ := mint(t, "root B", 0x7fffffffffffffff, date("2015-01-01T00:00:00Z"), date("2025-01-01T00:00:00Z"), true, nil, nil)
@@ -90,7 +87,7 @@ func goldenDump(t *testing.T) *adminv3.SecretsConfigDump {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dump.DynamicWarmingSecrets = append(dump.DynamicWarmingSecrets, &adminv3.SecretsConfigDump_DynamicSecret{Name: fileCertName})
+	dump.DynamicWarmingSecrets = append(dump.DynamicWarmingSecrets, &DynamicSecret{Name: fileCertName})
 	return dump
 }
 
@@ -117,7 +114,7 @@ func checkGolden(t *testing.T, name string, got []byte) {
 func TestWriteTableGolden(t *testing.T) {
 	dump := goldenDump(t)
 	// Through JSON, as the CLI sees it.
-	body, err := marshalJSON(dump)
+	body, err := secretsJSON(dump)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,14 +144,14 @@ func TestWriteTableGolden(t *testing.T) {
 func TestWriteTableErrors(t *testing.T) {
 	tests := []struct {
 		name  string
-		entry *adminv3.SecretsConfigDump_DynamicSecret
+		entry *DynamicSecret
 		want  string
 	}{
-		{"no content", &adminv3.SecretsConfigDump_DynamicSecret{Name: "x"}, `secret "x": no content`},
+		{"no content", &DynamicSecret{Name: "x"}, `secret "x": no content`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			dump := &adminv3.SecretsConfigDump{DynamicActiveSecrets: []*adminv3.SecretsConfigDump_DynamicSecret{tt.entry}}
+			dump := &SecretsDump{DynamicActiveSecrets: []*DynamicSecret{tt.entry}}
 			err := WriteTable(&bytes.Buffer{}, dump, time.Now())
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("WriteTable = %v, want %q", err, tt.want)
@@ -222,7 +219,7 @@ func TestFetchSecrets(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !proto.Equal(got, want) {
+			if !sameDump(t, got, want) {
 				t.Fatal("fetched dump differs from the served one")
 			}
 		})

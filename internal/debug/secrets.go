@@ -11,13 +11,10 @@ import (
 	"slices"
 	"time"
 
-	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -33,12 +30,12 @@ var errLeak = errors.New("private key found in output after redaction; response 
 // dynamic_active_secrets entry per name in cache.SortNames order, with
 // private keys, passwords and other sensitive fields replaced by
 // "[redacted]".
-func (s *Server) secretsDump(snap *cache.Snapshot) (*adminv3.SecretsConfigDump, error) {
+func (s *Server) secretsDump(snap *cache.Snapshot) (*SecretsDump, error) {
 	var versions map[string]string
 	if s.cfg.Versions != nil {
 		versions = s.cfg.Versions()
 	}
-	dump := &adminv3.SecretsConfigDump{}
+	dump := &SecretsDump{}
 	for _, name := range snap.Names() {
 		sec, ok := snap.Get(name)
 		if !ok {
@@ -52,7 +49,7 @@ func (s *Server) secretsDump(snap *cache.Snapshot) (*adminv3.SecretsConfigDump, 
 		if err != nil {
 			return nil, fmt.Errorf("debug: secret %q: pack: %w", name, err)
 		}
-		entry := &adminv3.SecretsConfigDump_DynamicSecret{
+		entry := &DynamicSecret{
 			Name:        name,
 			VersionInfo: versions[name],
 			Secret:      packed,
@@ -74,7 +71,7 @@ const ExpiredPrefix = "EXPIRED"
 // expiredState returns the error_state of a TLS certificate past its
 // NotAfter: since when and, for the workload certificate, why it was not
 // renewed (the readiness error). Nil for anything else.
-func (s *Server) expiredState(sec *cache.Secret) *adminv3.UpdateFailureState {
+func (s *Server) expiredState(sec *cache.Secret) *UpdateFailureState {
 	if sec.Kind != cache.TLSCertificate || len(sec.Certs) == 0 {
 		return nil
 	}
@@ -89,7 +86,7 @@ func (s *Server) expiredState(sec *cache.Secret) *adminv3.UpdateFailureState {
 			details += ": " + err.Error()
 		}
 	}
-	return &adminv3.UpdateFailureState{Details: details, LastUpdateAttempt: timestamppb.New(now)}
+	return &UpdateFailureState{Details: details, LastUpdateAttempt: timestamppb.New(now)}
 }
 
 // redactedProto converts sec with ToProto without ever handing it the
@@ -143,16 +140,6 @@ func redact(msg *tlsv3.Secret) {
 	}
 }
 
-// marshalJSON renders m as the debug views show protos: protojson with
-// lowerCamel names (as istioctl prints Envoy dumps), indented.
-func marshalJSON(m proto.Message) ([]byte, error) {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", Resolver: protoregistry.GlobalTypes}.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("debug: marshal %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
-	}
-	return append(b, '\n'), nil
-}
-
 // checkNoKeys returns errLeak if body holds any private key of snap, raw
 // or base64, or a PEM private key header.
 func checkNoKeys(body []byte, snap *cache.Snapshot) error {
@@ -179,7 +166,7 @@ func (s *Server) serveSecrets(w http.ResponseWriter, _ *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	s.writeProto(w, dump, snap)
+	s.writeDump(w, secretsJSON, dump, snap)
 }
 
 func (s *Server) serveConfigDump(w http.ResponseWriter, _ *http.Request) {
@@ -189,17 +176,13 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, _ *http.Request) {
 		s.fail(w, err)
 		return
 	}
-	packed, err := anypb.New(dump)
-	if err != nil {
-		s.fail(w, fmt.Errorf("debug: pack secrets dump: %w", err))
-		return
-	}
-	s.writeProto(w, &adminv3.ConfigDump{Configs: []*anypb.Any{packed}}, snap)
+	s.writeDump(w, configDumpJSONOf, dump, snap)
 }
 
-// writeProto writes m as JSON unless it would reveal a key of snap.
-func (s *Server) writeProto(w http.ResponseWriter, m proto.Message, snap *cache.Snapshot) {
-	body, err := marshalJSON(m)
+// writeDump writes dump rendered by render unless that would reveal a key
+// of snap.
+func (s *Server) writeDump(w http.ResponseWriter, render func(*SecretsDump) ([]byte, error), dump *SecretsDump, snap *cache.Snapshot) {
+	body, err := render(dump)
 	if err == nil {
 		err = checkNoKeys(body, snap)
 	}

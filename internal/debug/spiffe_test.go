@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -36,7 +35,7 @@ func TestTableOfSPIFFEBundles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dump := &adminv3.SecretsConfigDump{DynamicActiveSecrets: []*adminv3.SecretsConfigDump_DynamicSecret{{Name: "ALL", Secret: secret}}}
+	dump := &SecretsDump{DynamicActiveSecrets: []*DynamicSecret{{Name: "ALL", Secret: secret}}}
 
 	var buf bytes.Buffer
 	if err := WriteTable(&buf, dump, time.Now()); err != nil {

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	securityapi "istio.io/api/security/v1alpha1"
 
+	"github.com/sdsagent/sdsagent/internal/caapi"
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
 	"github.com/sdsagent/sdsagent/internal/devca"
 	"github.com/sdsagent/sdsagent/internal/testpki"
@@ -33,7 +34,7 @@ const workloadID = "spiffe://cluster.local/ns/default/sa/frontend"
 
 // checkLeaf verifies a CreateCertificate answer the way an agent would, and
 // that the leaf is exactly what the CA promises.
-func checkLeaf(t *testing.T, ca *devca.CA, resp *securityapi.IstioCertificateResponse, key crypto.Signer, id string, now time.Time, ttl time.Duration) *x509.Certificate {
+func checkLeaf(t *testing.T, ca *devca.CA, resp interface{ GetCertChain() []string }, key crypto.Signer, id string, now time.Time, ttl time.Duration) *x509.Certificate {
 	t.Helper()
 	chain := resp.GetCertChain()
 	if len(chain) != 2 {
@@ -418,13 +419,13 @@ func TestCreateCertificate_Direct(t *testing.T) {
 	tests := []struct {
 		name     string
 		ctx      context.Context
-		req      *securityapi.IstioCertificateRequest
+		req      *caapi.CertificateRequest
 		wantCode codes.Code
 	}{
 		{
 			name:     "no metadata",
 			ctx:      context.Background(),
-			req:      &securityapi.IstioCertificateRequest{Csr: csrPEM(t, csrSpec{uris: []string{workloadID}})},
+			req:      &caapi.CertificateRequest{Csr: csrPEM(t, csrSpec{uris: []string{workloadID}})},
 			wantCode: codes.Unauthenticated,
 		},
 		{
@@ -436,7 +437,7 @@ func TestCreateCertificate_Direct(t *testing.T) {
 		{
 			name:     "valid",
 			ctx:      metadata.NewIncomingContext(context.Background(), metadata.Pairs("authorization", "bearer "+token)),
-			req:      &securityapi.IstioCertificateRequest{Csr: csrPEM(t, csrSpec{uris: []string{workloadID}})},
+			req:      &caapi.CertificateRequest{Csr: csrPEM(t, csrSpec{uris: []string{workloadID}})},
 			wantCode: codes.OK,
 		},
 	}

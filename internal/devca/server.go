@@ -19,7 +19,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	securityapi "istio.io/api/security/v1alpha1"
+
+	"github.com/sdsagent/sdsagent/internal/caapi"
 )
 
 // Serve answers istio.v1.auth.IstioCertificateService over gRPC with TLS on
@@ -34,8 +35,8 @@ func (ca *CA) Serve(ctx context.Context, lis net.Listener) error {
 		Certificates: []tls.Certificate{ca.tlsCert},
 		MinVersion:   tls.VersionTLS12,
 	})
-	srv := grpc.NewServer(grpc.Creds(creds))
-	securityapi.RegisterIstioCertificateServiceServer(srv, &grpcService{ca: ca})
+	srv := grpc.NewServer(grpc.Creds(creds), caapi.ServerOption())
+	caapi.Register(srv, ca)
 
 	log := ca.log.With(zap.String("addr", lis.Addr().String()))
 	log.Info("serving")
@@ -77,23 +78,12 @@ func (ca *CA) Serve(ctx context.Context, lis net.Listener) error {
 	return nil
 }
 
-// grpcService adapts CA to the generated server interface, keeping the
-// generated embedding out of CA's method set.
-type grpcService struct {
-	securityapi.UnimplementedIstioCertificateServiceServer
-	ca *CA
-}
-
-func (s *grpcService) CreateCertificate(ctx context.Context, req *securityapi.IstioCertificateRequest) (*securityapi.IstioCertificateResponse, error) {
-	return s.ca.CreateCertificate(ctx, req)
-}
-
 // CreateCertificate is the gRPC method IstioCertificateService/CreateCertificate.
 // It authenticates the bearer token in the incoming metadata, checks the
 // CSR and the requested TTL, and returns the signed leaf followed by its CA
 // chain up to the root. Errors are gRPC status errors: Unauthenticated,
 // InvalidArgument, PermissionDenied, FailedPrecondition or Internal.
-func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCertificateRequest) (*securityapi.IstioCertificateResponse, error) {
+func (ca *CA) CreateCertificate(ctx context.Context, req *caapi.CertificateRequest) (*caapi.CertificateResponse, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	log := ca.log.With(zap.String("cluster_id", firstValue(md, "ClusterID")))
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -135,7 +125,7 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *securityapi.IstioCerti
 		fields = append(fields, zap.Bool("capped_at_ca_expiry", true))
 	}
 	log.Info("certificate issued", fields...)
-	return &securityapi.IstioCertificateResponse{CertChain: chain}, nil
+	return &caapi.CertificateResponse{CertChain: chain}, nil
 }
 
 // authenticate checks the "authorization: Bearer <token>" metadata: a
