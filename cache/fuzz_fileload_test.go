@@ -17,7 +17,7 @@ import (
 )
 
 // fileReasons are the reasons a *FileError may carry.
-var fileReasons = []string{FileMissing, FileUnreadable, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired}
+var fileReasons = []string{FileMissing, FileUnreadable, FileNotRegular, FileTooLarge, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired}
 
 // checkFileError fails unless err is a *FileError with a known reason
 // that names one of paths and holds none of key's body.
