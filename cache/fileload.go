@@ -84,18 +84,12 @@ func (e *FileError) Hint() string {
 // reads).
 const maxPairReads = 3
 
-// LoadKeyPair reads a PEM certificate chain (leaf first) and its PEM
+// loadKeyPair reads a PEM certificate chain (leaf first) and its PEM
 // private key and returns them as a TLSCertificate named name. It refuses
 // an empty or incomplete file, a key that is not the leaf's, and a leaf
-// expired at now, with a *FileError naming the file.
-func LoadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, error) {
-	sec, _, err := loadKeyPair(name, certPath, keyPath, now)
-	return sec, err
-}
-
-// loadKeyPair is LoadKeyPair that also returns a digest of the bytes read,
-// set whenever both files could be read, so that unchanged input is not
-// validated (and its refusal logged) again.
+// expired at now, with a *FileError naming the file. It also returns a
+// digest of the bytes read, set whenever both files could be read, so
+// that unchanged input is not validated (and its refusal logged) again.
 func loadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, [sha256.Size]byte, error) {
 	var certPEM, keyPEM []byte
 	for i := 0; ; i++ {
@@ -148,16 +142,11 @@ func loadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, [sha25
 	}, digest, nil
 }
 
-// LoadRoots reads a PEM bundle of trust anchors and returns it as a
-// ValidationContext named name. Every block must be a certificate and the
-// file must end after a complete block, so a half-written bundle is never
-// taken for a shorter one. Expired anchors are kept: bundles carry them
-// while roots rotate.
-func LoadRoots(name, path string) (*Secret, error) {
-	sec, _, err := loadRoots(name, path)
-	return sec, err
-}
-
+// loadRoots reads a PEM bundle of trust anchors and returns it as a
+// ValidationContext named name, with the digest of the bytes read. Every
+// block must be a certificate and the file must end after a complete
+// block, so a half-written bundle is never taken for a shorter one.
+// Expired anchors are kept: bundles carry them while roots rotate.
 func loadRoots(name, path string) (*Secret, [sha256.Size]byte, error) {
 	data, err := readPEMFile(path)
 	if err != nil {

@@ -58,11 +58,11 @@ func TestLoadersRefuseNonRegularAndLargeFiles(t *testing.T) {
 	certPath := writeFile(t, t.TempDir(), "tls.crt", good.ChainPEM)
 	for path, want := range hostileFiles(t) {
 		loaders := map[string]func() error{
-			"roots":         func() error { _, err := LoadRoots("file-root:"+path, path); return err },
+			"roots":         func() error { _, _, err := loadRoots("file-root:"+path, path); return err },
 			"roots or none": func() error { _, _, err := loadRootsOrNone("file-root:"+path, path); return err },
 			"system roots":  func() error { _, _, err := loadSystemRoots(SystemRootName, []string{path}); return err },
-			"pair chain":    func() error { _, err := LoadKeyPair("file-cert:x", path, keyPath, time.Now()); return err },
-			"pair key":      func() error { _, err := LoadKeyPair("file-cert:x", certPath, path, time.Now()); return err },
+			"pair chain":    func() error { _, _, err := loadKeyPair("file-cert:x", path, keyPath, time.Now()); return err },
+			"pair key":      func() error { _, _, err := loadKeyPair("file-cert:x", certPath, path, time.Now()); return err },
 			"crl":           func() error { _, _, err := loadCRLFile("crl", path); return err },
 		}
 		for lname, load := range loaders {
