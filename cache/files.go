@@ -43,9 +43,9 @@ type fileRegistry struct {
 	// maxFiles bounds the distinct files of the names streams want.
 	maxFiles int
 	watch    filewatch.Config
-	// loaded is told the outcome of every load that changed something:
+	// onLoad is told the outcome of every load that changed something:
 	// whether a new secret was published, or why the files were refused.
-	loaded func(name string, published bool, err error)
+	onLoad func(name string, published bool, err error)
 
 	// signal wakes run when the set of entries changed.
 	signal chan struct{}
@@ -67,15 +67,15 @@ type fileEntry struct {
 	// are kept whatever streams want.
 	static bool
 	// sink, when set, receives each newly loaded content instead of the
-	// store (initial: it is the entry's first load attempt); last is that
-	// content. The sink runs on the registry's goroutine, outside mu.
-	sink func(sec *Secret, initial bool)
+	// store; last is that content. The sink runs on the registry's
+	// goroutine, outside mu.
+	sink func(fileLoad)
 	last *Secret
 	// role names a trust file that is no resource (roleAnchors,
 	// roleBundle, roleCARoot) for logs; trustDomain is a bundle's.
 	role, trustDomain string
-	// loaded is set after the first load attempt.
-	loaded bool
+	// attempted is set after the first load attempt.
+	attempted bool
 	// digest is of the bytes last validated, good or bad, when they could
 	// be read; the same bytes are not validated (nor refused) twice.
 	digest    [sha256.Size]byte
@@ -86,6 +86,14 @@ type fileEntry struct {
 	// warnLevel how far (expiryFine, expiryNear, expiryPast).
 	warned    *Secret
 	warnLevel int
+}
+
+// fileLoad is a newly loaded content handed to an entry's sink.
+type fileLoad struct {
+	sec *Secret
+	// firstAttempt is set when it comes from the entry's first load
+	// attempt (at start), rather than from a change of its files.
+	firstAttempt bool
 }
 
 // Expiry levels of a file-backed certificate.
@@ -105,7 +113,7 @@ type fileRegistryConfig struct {
 	systemRoots  []string
 	maxFiles     int
 	watch        filewatch.Config
-	loaded       func(name string, published bool, err error)
+	onLoad       func(name string, published bool, err error)
 }
 
 func newFileRegistry(cfg fileRegistryConfig) *fileRegistry {
@@ -119,7 +127,7 @@ func newFileRegistry(cfg fileRegistryConfig) *fileRegistry {
 		systemRoots:  cfg.systemRoots,
 		maxFiles:     cfg.maxFiles,
 		watch:        cfg.watch,
-		loaded:       cfg.loaded,
+		onLoad:       cfg.onLoad,
 		signal:       make(chan struct{}, 1),
 		entries:      map[string]*fileEntry{},
 		nameErrs:     map[string]string{},
@@ -348,7 +356,7 @@ func (r *fileRegistry) pending() ([]string, []*fileEntry) {
 		for _, p := range e.spec.paths(r.systemRoots) {
 			set[p] = struct{}{}
 		}
-		if !e.loaded {
+		if !e.attempted {
 			fresh = append(fresh, e)
 		}
 	}
@@ -399,7 +407,7 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 }
 
 // apply records the outcome of loading e and publishes a good secret, or
-// hands it to the entry's sink. Status (the loaded hook) and the expiry
+// hands it to the entry's sink. Status (the onLoad hook) and the expiry
 // metric are updated before the snapshot, so whoever sees the new
 // snapshot sees them too; the hook runs under r.mu (lock order:
 // fileRegistry.mu, then Manager.mu).
@@ -410,8 +418,8 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		r.mu.Unlock()
 		return
 	}
-	initial := !e.loaded
-	e.loaded = true
+	first := !e.attempted
+	e.attempted = true
 	if read && e.hasDigest && e.digest == digest {
 		r.mu.Unlock()
 		return
@@ -428,8 +436,8 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		published = !serving.SameContent(sec)
 		report = published || prevErr != nil
 	}
-	if report && r.loaded != nil {
-		r.loaded(e.name, published, err)
+	if report && r.onLoad != nil {
+		r.onLoad(e.name, published, err)
 	}
 	if published {
 		if e.sink != nil {
@@ -444,7 +452,7 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 	r.mu.Unlock()
 
 	if published && sink != nil {
-		sink(sec, initial)
+		sink(fileLoad{sec: sec, firstAttempt: first})
 	}
 	if e.role != "" {
 		r.logTrustFile(e, report, published, serving, err)

@@ -191,6 +191,10 @@ type Manager struct {
 	// leafRevoked wakes the renewal loop when the leaf is in a CRL.
 	leafRevoked chan struct{}
 
+	// publishMu keeps snapshots that carry the trust roots in the order
+	// of the changes (lock order: publishMu, trust.mu, Store.mu).
+	publishMu sync.Mutex
+
 	mu     sync.Mutex
 	status Status
 	// expiredCert is the workload certificate whose expiry was reported.
@@ -279,7 +283,6 @@ func New(cfg Config) (*Manager, error) {
 		leafRevoked:   make(chan struct{}, 1),
 	}
 	m.trust = newTrust(trustConfig{
-		store:       m.store,
 		clock:       cfg.Clock,
 		logger:      m.log,
 		metrics:     cfg.Metrics,
@@ -302,7 +305,7 @@ func New(cfg Config) (*Manager, error) {
 			Clock:    cfg.Clock,
 			Logger:   m.log,
 		},
-		loaded: m.fileLoaded,
+		onLoad: m.fileLoaded,
 	})
 	if mounted {
 		m.files.addStatic(WorkloadCertName, fileSpec{kind: TLSCertificate,
@@ -310,7 +313,11 @@ func New(cfg Config) (*Manager, error) {
 			key:  filepath.Join(cfg.MountedCertDir, MountedKeyFile)})
 		m.files.addEntry(&fileEntry{name: RootCertName,
 			spec: fileSpec{kind: ValidationContext, ca: filepath.Join(cfg.MountedCertDir, MountedRootCertFile)},
-			sink: func(sec *Secret, _ bool) { m.trust.setPrimary(sec.Certs, sec.Source, false) }})
+			sink: func(l fileLoad) {
+				m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate {
+					return m.trust.mountedRoots(l.sec.Certs, l.sec.Source, chain)
+				})
+			}})
 	} else if cfg.CARootCertFile != "" {
 		m.files.addEntry(&fileEntry{name: "ca-root-cert", role: roleCARoot,
 			spec: fileSpec{kind: ValidationContext, ca: cfg.CARootCertFile},
@@ -319,13 +326,17 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.TrustAnchorsFile != "" {
 		m.files.addEntry(&fileEntry{name: "trust-anchors", role: roleAnchors,
 			spec: fileSpec{kind: ValidationContext, ca: cfg.TrustAnchorsFile, allowEmpty: true},
-			sink: func(sec *Secret, _ bool) { m.trust.setAnchors(sec.Certs) }})
+			sink: func(l fileLoad) {
+				m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setAnchors(l.sec.Certs, chain) })
+			}})
 	}
 	for _, b := range cfg.TrustBundleFiles {
 		td := b.TrustDomain
 		m.files.addEntry(&fileEntry{name: "trust-bundle:" + td, role: roleBundle, trustDomain: td,
 			spec: fileSpec{kind: ValidationContext, ca: b.Path},
-			sink: func(sec *Secret, _ bool) { m.trust.setBundle(td, sec.Certs) }})
+			sink: func(l fileLoad) {
+				m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setBundle(td, l.sec.Certs, chain) })
+			}})
 	}
 	m.addCRLFile()
 	return m, nil
@@ -384,7 +395,8 @@ func (m *Manager) CheckName(name string) error {
 // concurrent use; calls must come in order (the last one wins).
 func (m *Manager) SetDemand(names []string) {
 	m.files.setDemand(names)
-	m.trust.setWantAll(slices.Contains(names, AllBundlesName))
+	want := slices.Contains(names, AllBundlesName)
+	m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setWantAll(want, chain) })
 }
 
 // NameErrors returns, for each wanted name that cannot be served now,
@@ -520,7 +532,7 @@ func (m *Manager) renew(ctx context.Context) {
 	)
 	for {
 		now := m.cfg.Clock.Now()
-		m.trust.expire(now)
+		m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.expire(now, chain) })
 		certEnd := m.checkExpired(now)
 		// After a failure, in the last tenth of the life or expired, with
 		// the CA unreachable: watch for it to come back.
@@ -632,6 +644,40 @@ func (m *Manager) renew(ctx context.Context) {
 	}
 }
 
+// updateTrust publishes what change returns, the trust roots, in one
+// snapshot with cert, the new workload certificate (nil if it did not
+// change), then logs the change. change gets the workload chain served
+// with the roots: cert's, or else the one served now. The expiry metric
+// is set first, so whoever sees the new snapshot sees it. publishMu keeps
+// snapshots in the order of the changes.
+func (m *Manager) updateTrust(cert *Secret, change func(chain []*x509.Certificate) rootsUpdate) {
+	m.publishMu.Lock()
+	var chain []*x509.Certificate
+	if cert != nil {
+		chain = cert.Certs
+	} else if served, ok := m.store.Snapshot().Get(WorkloadCertName); ok {
+		chain = served.Certs
+	}
+	u := change(chain)
+	set := u.set
+	if cert != nil {
+		set = append([]*Secret{cert}, set...)
+	}
+	for _, sec := range set {
+		m.cfg.Metrics.CertExpiryTimestamp.WithLabelValues(sec.Name).Set(float64(sec.NotAfter().Unix()))
+	}
+	if len(set)+len(u.remove) > 0 {
+		m.store.Update(set, u.remove)
+	}
+	if slices.Contains(u.remove, AllBundlesName) {
+		m.cfg.Metrics.CertExpiryTimestamp.DeleteLabelValues(AllBundlesName)
+	}
+	m.publishMu.Unlock()
+	if u.report != nil {
+		u.report()
+	}
+}
+
 func (m *Manager) setNextRenewal(at time.Time) {
 	m.mu.Lock()
 	m.status.NextRenewal = at
@@ -640,8 +686,8 @@ func (m *Manager) setNextRenewal(at time.Time) {
 
 // caRootFileChanged is the sink of CARootCertFile: a change after the
 // first read wakes the renewal loop.
-func (m *Manager) caRootFileChanged(_ *Secret, initial bool) {
-	if initial {
+func (m *Manager) caRootFileChanged(l fileLoad) {
+	if l.firstAttempt {
 		return
 	}
 	select {
@@ -691,16 +737,16 @@ func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
 		m.cfg.Metrics.Rotations.Inc()
 	}
 	// The chain and the roots it ends in, in one snapshot: ROOTCA always
-	// trusts the served chain's root. The expiry metric is set first, so
-	// whoever sees the new snapshot sees it.
-	m.trust.setPrimary(b.Roots, "ca", true, &Secret{
+	// trusts the served chain's root.
+	cert := &Secret{
 		Name:          WorkloadCertName,
 		Kind:          TLSCertificate,
 		CertChainPEM:  b.ChainPEM,
 		PrivateKeyPEM: key,
 		Certs:         append([]*x509.Certificate{b.Leaf}, b.Intermediates...),
 		Source:        "ca",
-	})
+	}
+	m.updateTrust(cert, func(chain []*x509.Certificate) rootsUpdate { return m.trust.caAnswer(b.Roots, chain) })
 
 	msg := "workload certificate issued"
 	if hadCert {
