@@ -1,3 +1,6 @@
+// This file handles the CRL file: which CRLs are served in ROOTCA, in
+// which form, their staleness, and the workload's own revocation.
+
 package cache
 
 import (

@@ -1,3 +1,6 @@
+// This file reads and validates the PEM files of file-backed secrets,
+// reading only regular files of bounded size.
+
 package cache
 
 import (

@@ -1,11 +1,12 @@
+// This file is the file registry: the one goroutine that loads, watches
+// and publishes file-backed secrets, whoever asked for them.
+
 package cache
 
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"errors"
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -96,13 +97,6 @@ type fileLoad struct {
 	firstAttempt bool
 }
 
-// Expiry levels of a file-backed certificate.
-const (
-	expiryFine = iota
-	expiryNear // less than the grace ratio of its lifetime left
-	expiryPast // expired
-)
-
 type fileRegistryConfig struct {
 	store        *Store
 	clock        clock.Clock
@@ -134,13 +128,6 @@ func newFileRegistry(cfg fileRegistryConfig) *fileRegistry {
 	}
 }
 
-// Roles of the trust files, the "role" key of their log lines.
-const (
-	roleAnchors = "trust_anchors"
-	roleBundle  = "trust_bundle"
-	roleCARoot  = "ca_root_cert"
-)
-
 // addStatic serves spec under name whatever streams want. It is called
 // before run starts.
 func (r *fileRegistry) addStatic(name string, spec fileSpec) {
@@ -154,134 +141,6 @@ func (r *fileRegistry) addEntry(e *fileEntry) {
 	defer r.mu.Unlock()
 	e.static = true
 	r.entries[e.name] = e
-}
-
-// setDemand makes the file-backed names among names the ones served:
-// new ones are loaded by run, the others dropped at once.
-func (r *fileRegistry) setDemand(names []string) {
-	wanted := slices.Clone(names)
-	slices.Sort(wanted)
-	wanted = slices.Compact(wanted)
-
-	r.mu.Lock()
-	nameErrs := map[string]string{}
-	keep := map[string]bool{}
-	added := false
-	// Names already served keep their files; new names get what is left
-	// of the watched-files limit, in name order.
-	files := map[string]struct{}{}
-	var fresh []string
-	specs := map[string]fileSpec{}
-	for _, name := range wanted {
-		if !isFileName(name) {
-			continue
-		}
-		spec, err := parseFileName(name)
-		if err != nil {
-			nameErrs[name] = err.Error()
-			continue
-		}
-		e, ok := r.entries[name]
-		switch {
-		case !ok:
-			fresh = append(fresh, name)
-			specs[name] = spec
-			continue
-		case !e.static:
-			for _, p := range spec.paths(r.systemRoots) {
-				files[p] = struct{}{}
-			}
-		}
-		keep[name] = true
-	}
-	for _, name := range fresh {
-		spec := specs[name]
-		if err := r.admitLocked(files, spec); err != nil {
-			if r.nameErrs[name] != err.Error() {
-				r.metrics.LimitRejections.WithLabelValues("watched_files").Inc()
-			}
-			nameErrs[name] = err.Error()
-			continue
-		}
-		keep[name] = true
-		r.entries[name] = &fileEntry{name: name, spec: spec}
-		added = true
-	}
-	var dropped []string
-	for name, e := range r.entries {
-		if !e.static && !keep[name] {
-			delete(r.entries, name)
-			dropped = append(dropped, name)
-		}
-	}
-	r.wanted, r.nameErrs = wanted, nameErrs
-	if len(dropped) > 0 {
-		// Under mu, so that a load finishing now cannot publish a
-		// dropped name again.
-		r.store.Update(nil, dropped)
-		for _, name := range dropped {
-			r.metrics.CertExpiryTimestamp.DeleteLabelValues(name)
-		}
-	}
-	r.mu.Unlock()
-
-	slices.Sort(dropped)
-	for _, name := range dropped {
-		r.log.Info("file secret dropped; no stream wants it", zap.String("resource", name))
-	}
-	if added || len(dropped) > 0 {
-		select {
-		case r.signal <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// admitLocked adds spec's files to files unless that takes files over
-// the watched-files limit.
-func (r *fileRegistry) admitLocked(files map[string]struct{}, spec fileSpec) error {
-	var more []string
-	for _, p := range spec.paths(r.systemRoots) {
-		if _, ok := files[p]; !ok && !slices.Contains(more, p) {
-			more = append(more, p)
-		}
-	}
-	if r.maxFiles > 0 && len(files)+len(more) > r.maxFiles {
-		return fmt.Errorf("not served: its files would take the files watched for file-cert: and file-root: names over the limit of %d; raise --max-watched-files or ask for fewer names", r.maxFiles)
-	}
-	for _, p := range more {
-		files[p] = struct{}{}
-	}
-	return nil
-}
-
-// nameErrors returns, for the names streams want and the static entries,
-// why each cannot be served now, and the wanted names.
-func (r *fileRegistry) nameErrors() (map[string]string, []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := maps.Clone(r.nameErrs)
-	for name, e := range r.entries {
-		if e.err != nil && e.role == "" {
-			out[name] = e.err.Error()
-		}
-	}
-	return out, slices.Clone(r.wanted)
-}
-
-// notReady says why name is not served yet.
-func (r *fileRegistry) notReady(name string) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	e, ok := r.entries[name]
-	switch {
-	case !ok:
-		return fmt.Errorf("%s is not file-backed", name)
-	case e.err != nil:
-		return e.err
-	default:
-		return errors.New("files not read yet")
-	}
 }
 
 // run loads, watches and reloads the entries until ctx ends. The watcher
@@ -481,45 +340,6 @@ func (r *fileRegistry) servedLocked(e *fileEntry, snap *Snapshot) *Secret {
 	return sec
 }
 
-// logTrustFile logs the outcome of loading a trust file (an entry with a
-// role), and counts a refusal.
-func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, serving *Secret, err error) {
-	if !report {
-		return
-	}
-	fields := []zap.Field{zap.String("role", e.role)}
-	if e.trustDomain != "" {
-		fields = append(fields, zap.String("trust_domain", e.trustDomain))
-	}
-	switch {
-	case err != nil:
-		reason := FileUnreadable
-		var fe *FileError
-		if errors.As(err, &fe) {
-			reason = fe.Reason
-			fields = append(fields, zap.String("file", fe.Path), zap.String("reason", fe.Reason), zap.String("error", fe.Err.Error()), zap.String("hint", fe.Hint()))
-		} else {
-			fields = append(fields, zap.String("file", e.spec.ca), zap.String("reason", reason), zap.Error(err))
-		}
-		r.metrics.FileErrors.WithLabelValues(reason).Inc()
-		switch {
-		case serving != nil:
-			r.log.Warn("trust file refused; keeping its previous content", fields...)
-		case e.role == roleCARoot:
-			// The CA client says what this means for the CA connection.
-			r.log.Warn("trust file refused; nothing loaded from it yet", fields...)
-		default:
-			r.log.Error("trust file refused; nothing loaded from it yet", fields...)
-		}
-	case published:
-		fields = append(fields, zap.String("file", serving.Source), zap.Int("certificates", len(serving.Certs)))
-		r.log.Info("trust file loaded", fields...)
-	default:
-		fields = append(fields, zap.String("file", serving.Source))
-		r.log.Info("trust file valid again; content unchanged", fields...)
-	}
-}
-
 // refused logs and counts a refused load.
 func (r *fileRegistry) refused(name string, static bool, serving *Secret, err error) {
 	reason := FileUnreadable
@@ -541,128 +361,4 @@ func (r *fileRegistry) refused(name string, static bool, serving *Secret, err er
 		r.log.Warn("file secret refused; nothing to serve yet", fields...)
 	}
 	r.metrics.FileErrors.WithLabelValues(reason).Inc()
-}
-
-// checkExpiry logs, once per secret and level, file-backed certificates
-// that near or pass their expiry: the agent does not renew them.
-func (r *fileRegistry) checkExpiry() {
-	now := r.clock.Now()
-	snap := r.store.Snapshot()
-	type warning struct {
-		name  string
-		sec   *Secret
-		level int
-	}
-	var warnings []warning
-	r.mu.Lock()
-	for name, e := range r.entries {
-		sec := r.servedLocked(e, snap)
-		if sec == nil || e.spec.system || e.role != "" {
-			continue
-		}
-		if e.warned != sec {
-			e.warned, e.warnLevel = sec, expiryFine
-		}
-		if level := expiryLevel(sec, now, r.graceRatio); level > e.warnLevel {
-			e.warnLevel = level
-			warnings = append(warnings, warning{name, sec, level})
-		}
-	}
-	r.mu.Unlock()
-
-	slices.SortFunc(warnings, func(a, b warning) int { return strings.Compare(a.name, b.name) })
-	for _, w := range warnings {
-		fields := []zap.Field{zap.String("resource", w.name), zap.String("file", w.sec.Source)}
-		fields = append(fields, certFields(w.sec)...)
-		if w.level == expiryPast {
-			fields = append(fields, zap.Duration("expired_for", now.Round(0).Sub(w.sec.NotAfter())),
-				zap.String("hint", "replace the files with a valid certificate; the agent does not renew file-backed certificates"))
-			r.log.Error("file certificate expired; still serving it", fields...)
-			continue
-		}
-		fields = append(fields, zap.Duration("remaining", w.sec.NotAfter().Sub(now.Round(0))),
-			zap.String("hint", "replace the files before the certificate expires; the agent does not renew file-backed certificates"))
-		r.log.Warn("file certificate nears expiry", fields...)
-	}
-}
-
-// nextExpiryCheck returns when checkExpiry has something new to say.
-func (r *fileRegistry) nextExpiryCheck() (time.Time, bool) {
-	snap := r.store.Snapshot()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var next time.Time
-	for _, e := range r.entries {
-		sec := r.servedLocked(e, snap)
-		if sec == nil || e.spec.system || e.role != "" || e.warned != sec {
-			continue
-		}
-		var at time.Time
-		switch e.warnLevel {
-		case expiryFine:
-			at = warnTime(sec, r.graceRatio)
-		case expiryNear:
-			at = sec.NotAfter().Add(time.Second)
-		default:
-			continue
-		}
-		if next.IsZero() || at.Before(next) {
-			next = at
-		}
-	}
-	return next, !next.IsZero()
-}
-
-// expiryLevel says how close sec is to its expiry at now.
-func expiryLevel(sec *Secret, now time.Time, ratio float64) int {
-	now = now.Round(0)
-	switch {
-	case now.After(sec.NotAfter()):
-		return expiryPast
-	case !now.Before(warnTime(sec, ratio)):
-		return expiryNear
-	default:
-		return expiryFine
-	}
-}
-
-// warnTime is when less than ratio of sec's lifetime remains: when the
-// agent would renew it, were it its own (see RenewTime).
-func warnTime(sec *Secret, ratio float64) time.Time {
-	c := expiringCert(sec)
-	if c == nil {
-		return time.Time{}
-	}
-	return RenewTime(c.NotBefore, c.NotAfter, ratio, 0, 0)
-}
-
-func certFields(sec *Secret) []zap.Field {
-	c := expiringCert(sec)
-	if c == nil {
-		return nil
-	}
-	return []zap.Field{
-		zap.String("serial", fmt.Sprintf("%x", c.SerialNumber)),
-		zap.Time("not_before", c.NotBefore),
-		zap.Time("not_after", c.NotAfter),
-		zap.Int("certificates", len(sec.Certs)),
-	}
-}
-
-// expiringCert returns the certificate whose expiry is sec's: the leaf
-// of a TLSCertificate, the earliest anchor of a ValidationContext.
-func expiringCert(sec *Secret) *x509.Certificate {
-	if len(sec.Certs) == 0 {
-		return nil
-	}
-	c := sec.Certs[0]
-	if sec.Kind == TLSCertificate {
-		return c
-	}
-	for _, o := range sec.Certs[1:] {
-		if o.NotAfter.Before(c.NotAfter) {
-			c = o
-		}
-	}
-	return c
 }
