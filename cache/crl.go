@@ -84,11 +84,11 @@ func (m *Manager) addCRLFile() {
 	if m.cfg.CRLFile == "" {
 		return
 	}
-	m.files.addEntry(&fileEntry{name: crlEntryName, role: roleCRL,
-		spec: fileSpec{kind: ValidationContext, ca: m.cfg.CRLFile, crl: true},
-		sink: func(l fileLoad) {
+	m.addTrustFile(crlEntryName, trustFile{role: roleCRL},
+		fileSpec{kind: ValidationContext, ca: m.cfg.CRLFile, crl: true},
+		func(l fileLoad) {
 			m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setCRLs(l.sec.CRLPEM, l.sec.Source, chain) })
-		}})
+		})
 }
 
 // ownLeafRevoked wakes the renewal loop: the workload's certificate is

@@ -119,7 +119,7 @@ func (r *fileRegistry) nameErrors() (map[string]string, []string) {
 	defer r.mu.Unlock()
 	out := maps.Clone(r.nameErrs)
 	for name, e := range r.entries {
-		if e.err != nil && e.role == "" {
+		if e.err != nil && e.trust == nil {
 			out[name] = e.err.Error()
 		}
 	}

@@ -34,7 +34,7 @@ func (r *fileRegistry) checkExpiry() {
 	r.mu.Lock()
 	for name, e := range r.entries {
 		sec := r.servedLocked(e, snap)
-		if sec == nil || e.spec.system || e.role != "" {
+		if sec == nil || e.spec.system || e.trust != nil {
 			continue
 		}
 		if e.warned != sec {
@@ -71,7 +71,7 @@ func (r *fileRegistry) nextExpiryCheck() (time.Time, bool) {
 	var next time.Time
 	for _, e := range r.entries {
 		sec := r.servedLocked(e, snap)
-		if sec == nil || e.spec.system || e.role != "" || e.warned != sec {
+		if sec == nil || e.spec.system || e.trust != nil || e.warned != sec {
 			continue
 		}
 		var at time.Time

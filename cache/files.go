@@ -27,9 +27,10 @@ import (
 // filewatch); a change is validated and published, a refused change is
 // logged and counted while the last good secret stays served.
 //
-// Some static entries are not served under their own name but feed the
-// trust roots (a sink): the mounted root-cert.pem, the trust anchors and
-// trust bundle files, and the CA's root file.
+// Some static entries are not served under their own name: their sink
+// gets what they load. They are the trust files (a *trustFile, see
+// trustfiles.go) and the mounted root-cert.pem, which feed trust; the
+// rest is what streams ask for and the mounted workload certificate.
 //
 // One goroutine (run) reads files and owns the watcher; setDemand and the
 // readers take mu briefly and never do I/O.
@@ -72,9 +73,9 @@ type fileEntry struct {
 	// goroutine, outside mu.
 	sink func(fileLoad)
 	last *Secret
-	// role names a trust file that is no resource (roleAnchors,
-	// roleBundle, roleCARoot) for logs; trustDomain is a bundle's.
-	role, trustDomain string
+	// trust is set for a trust file (see trustfiles.go), nil for the
+	// names streams ask for and the mounted workload certificate files.
+	trust *trustFile
 	// attempted is set after the first load attempt.
 	attempted bool
 	// digest is of the bytes last validated, good or bad, when they could
@@ -313,7 +314,7 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 	if published && sink != nil {
 		sink(fileLoad{sec: sec, firstAttempt: first})
 	}
-	if e.role != "" {
+	if e.trust != nil {
 		r.logTrustFile(e, report, published, serving, err)
 		return
 	}

@@ -11,6 +11,25 @@ import (
 	"go.uber.org/zap"
 )
 
+// trustFile marks a file registry entry as a trust file. It is no
+// resource of its own: the entry's sink feeds what it loads to trust (or,
+// for the CA's root file, to the renewal loop). It is logged by role, and
+// left out of name errors and expiry warnings, which are about the names
+// streams ask for and the mounted workload certificate.
+type trustFile struct {
+	// role is the "role" key of its log lines: roleAnchors, roleBundle,
+	// roleCARoot or roleCRL.
+	role string
+	// trustDomain is a trust bundle's.
+	trustDomain string
+}
+
+// addTrustFile registers a trust file read as spec; sink gets what it
+// loads. It is called before Run.
+func (m *Manager) addTrustFile(name string, tf trustFile, spec fileSpec, sink func(fileLoad)) {
+	m.files.addEntry(&fileEntry{name: name, trust: &tf, spec: spec, sink: sink})
+}
+
 // Roles of the trust files, the "role" key of their log lines.
 const (
 	roleAnchors = "trust_anchors"
@@ -24,36 +43,36 @@ const (
 func (m *Manager) addTrustFiles() {
 	cfg := m.cfg
 	if cfg.MountedCertDir == "" && cfg.CARootCertFile != "" {
-		m.files.addEntry(&fileEntry{name: "ca-root-cert", role: roleCARoot,
-			spec: fileSpec{kind: ValidationContext, ca: cfg.CARootCertFile},
-			sink: m.caRootFileChanged})
+		m.addTrustFile("ca-root-cert", trustFile{role: roleCARoot},
+			fileSpec{kind: ValidationContext, ca: cfg.CARootCertFile},
+			m.caRootFileChanged)
 	}
 	if cfg.TrustAnchorsFile != "" {
-		m.files.addEntry(&fileEntry{name: "trust-anchors", role: roleAnchors,
-			spec: fileSpec{kind: ValidationContext, ca: cfg.TrustAnchorsFile, allowEmpty: true},
-			sink: func(l fileLoad) {
+		m.addTrustFile("trust-anchors", trustFile{role: roleAnchors},
+			fileSpec{kind: ValidationContext, ca: cfg.TrustAnchorsFile, allowEmpty: true},
+			func(l fileLoad) {
 				m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setAnchors(l.sec.Certs, chain) })
-			}})
+			})
 	}
 	for _, b := range cfg.TrustBundleFiles {
 		td := b.TrustDomain
-		m.files.addEntry(&fileEntry{name: "trust-bundle:" + td, role: roleBundle, trustDomain: td,
-			spec: fileSpec{kind: ValidationContext, ca: b.Path},
-			sink: func(l fileLoad) {
+		m.addTrustFile("trust-bundle:"+td, trustFile{role: roleBundle, trustDomain: td},
+			fileSpec{kind: ValidationContext, ca: b.Path},
+			func(l fileLoad) {
 				m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setBundle(td, l.sec.Certs, chain) })
-			}})
+			})
 	}
 }
 
-// logTrustFile logs the outcome of loading a trust file (an entry with a
-// role), and counts a refusal.
+// logTrustFile logs the outcome of loading a trust file, and counts a
+// refusal.
 func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, serving *Secret, err error) {
 	if !report {
 		return
 	}
-	fields := []zap.Field{zap.String("role", e.role)}
-	if e.trustDomain != "" {
-		fields = append(fields, zap.String("trust_domain", e.trustDomain))
+	fields := []zap.Field{zap.String("role", e.trust.role)}
+	if e.trust.trustDomain != "" {
+		fields = append(fields, zap.String("trust_domain", e.trust.trustDomain))
 	}
 	switch {
 	case err != nil:
@@ -69,7 +88,7 @@ func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, servin
 		switch {
 		case serving != nil:
 			r.log.Warn("trust file refused; keeping its previous content", fields...)
-		case e.role == roleCARoot:
+		case e.trust.role == roleCARoot:
 			// The CA client says what this means for the CA connection.
 			r.log.Warn("trust file refused; nothing loaded from it yet", fields...)
 		default:
