@@ -308,20 +308,19 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 		}
 		serving = sec
 	}
-	static, sink := e.static, e.sink
+	out := loadOutcome{static: e.static, published: published, serving: serving, err: err}
+	sink := e.sink
 	r.mu.Unlock()
 
 	if published && sink != nil {
 		sink(fileLoad{sec: sec, firstAttempt: first})
 	}
-	if e.trust != nil {
-		r.logTrustFile(e, report, published, serving, err)
-		return
-	}
 	switch {
 	case !report:
+	case e.trust != nil:
+		r.logTrustFile(e, out)
 	case err != nil:
-		r.refused(e.name, static, serving, err)
+		r.refused(e.name, out)
 	case published:
 		fields := []zap.Field{zap.String("resource", e.name), zap.String("file", serving.Source)}
 		fields = append(fields, certFields(serving)...)
@@ -329,6 +328,19 @@ func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte
 	default:
 		r.log.Info("file secret valid again; content unchanged", zap.String("resource", e.name), zap.String("file", serving.Source))
 	}
+}
+
+// loadOutcome is what a load that is worth a log line changed.
+type loadOutcome struct {
+	// static is the entry's: kept whatever streams want.
+	static bool
+	// published is set when new content was taken (published, or given
+	// to the sink).
+	published bool
+	// serving is what the entry serves now, nil if nothing.
+	serving *Secret
+	// err is why the files were refused, nil if they were not.
+	err error
 }
 
 // servedLocked returns what e serves now: its sink's last content, or
@@ -341,8 +353,9 @@ func (r *fileRegistry) servedLocked(e *fileEntry, snap *Snapshot) *Secret {
 	return sec
 }
 
-// refused logs and counts a refused load.
-func (r *fileRegistry) refused(name string, static bool, serving *Secret, err error) {
+// refused logs and counts a refused load of the entry serving name.
+func (r *fileRegistry) refused(name string, out loadOutcome) {
+	serving, err := out.serving, out.err
 	reason := FileUnreadable
 	fields := []zap.Field{zap.String("resource", name)}
 	var fe *FileError
@@ -356,7 +369,7 @@ func (r *fileRegistry) refused(name string, static bool, serving *Secret, err er
 	case serving != nil:
 		fields = append(fields, zap.Time("serving_not_after", serving.NotAfter()))
 		r.log.Warn("file secret refused; serving the previous one", fields...)
-	case static:
+	case out.static:
 		r.log.Error("file secret refused; nothing to serve yet", fields...)
 	default:
 		r.log.Warn("file secret refused; nothing to serve yet", fields...)

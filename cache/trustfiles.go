@@ -66,10 +66,8 @@ func (m *Manager) addTrustFiles() {
 
 // logTrustFile logs the outcome of loading a trust file, and counts a
 // refusal.
-func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, serving *Secret, err error) {
-	if !report {
-		return
-	}
+func (r *fileRegistry) logTrustFile(e *fileEntry, out loadOutcome) {
+	serving, err := out.serving, out.err
 	fields := []zap.Field{zap.String("role", e.trust.role)}
 	if e.trust.trustDomain != "" {
 		fields = append(fields, zap.String("trust_domain", e.trust.trustDomain))
@@ -94,7 +92,7 @@ func (r *fileRegistry) logTrustFile(e *fileEntry, report, published bool, servin
 		default:
 			r.log.Error("trust file refused; nothing loaded from it yet", fields...)
 		}
-	case published:
+	case out.published:
 		fields = append(fields, zap.String("file", serving.Source), zap.Int("certificates", len(serving.Certs)))
 		r.log.Info("trust file loaded", fields...)
 	default:
