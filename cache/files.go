@@ -261,8 +261,7 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 		default:
 			sec, digest, err = loadRoots(e.name, e.spec.ca)
 		}
-		var zero [sha256.Size]byte
-		r.apply(e, sec, digest, digest != zero, err)
+		r.apply(e, sec, digest, err)
 	}
 }
 
@@ -271,7 +270,8 @@ func (r *fileRegistry) load(entries []*fileEntry) {
 // metric are updated before the snapshot, so whoever sees the new
 // snapshot sees them too; the hook runs under r.mu (lock order:
 // fileRegistry.mu, then Manager.mu).
-func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte, read bool, err error) {
+func (r *fileRegistry) apply(e *fileEntry, sec *Secret, digest [sha256.Size]byte, err error) {
+	read := digest != [sha256.Size]byte{} // the loaders set it when the files could be read
 	r.mu.Lock()
 	if r.entries[e.name] != e {
 		// Dropped (or dropped and wanted again) while loading.
