@@ -1,3 +1,6 @@
+// This file handles the CRL file: which CRLs are served in ROOTCA, in
+// which form, their staleness, and the workload's own revocation.
+
 package cache
 
 import (
@@ -81,9 +84,11 @@ func (m *Manager) addCRLFile() {
 	if m.cfg.CRLFile == "" {
 		return
 	}
-	m.files.addEntry(&fileEntry{name: crlEntryName, role: roleCRL,
-		spec: fileSpec{kind: ValidationContext, ca: m.cfg.CRLFile, crl: true},
-		sink: func(sec *Secret, _ bool) { m.trust.setCRLs(sec.CRLPEM, sec.Source) }})
+	m.addTrustFile(crlEntryName, trustFile{role: roleCRL},
+		fileSpec{kind: ValidationContext, ca: m.cfg.CRLFile, crl: true},
+		func(l fileLoad) {
+			m.updateTrust(nil, func(chain []*x509.Certificate) rootsUpdate { return m.trust.setCRLs(l.sec.CRLPEM, l.sec.Source, chain) })
+		})
 }
 
 // ownLeafRevoked wakes the renewal loop: the workload's certificate is
@@ -109,16 +114,15 @@ func (m *Manager) ownLeafRevoked(leaf *x509.Certificate, entry x509.RevocationLi
 
 // setCRLs takes the CRLs of the CRL file, to be served once their
 // signers are known to be trusted.
-func (t *trust) setCRLs(crlPEM []byte, path string) {
+func (t *trust) setCRLs(crlPEM []byte, path string, chain []*x509.Certificate) rootsUpdate {
 	crls, err := pki.ParseCRLs(crlPEM)
 	if err != nil { // loadCRLFile parsed them already
-		return
+		return rootsUpdate{}
 	}
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.crl.file, t.crl.pending, t.crl.refused = path, crls, ""
-	changes := t.publishLocked()
-	t.mu.Unlock()
-	t.logChanges(causeCRL, changes)
+	return t.composeLocked(causeCRL, chain)
 }
 
 // causeCRL is the cause of a publish of new CRLs.

@@ -1,3 +1,7 @@
+// This file holds what the renewal loop needs about time beyond the
+// renewal time: the expired state of the workload certificate, the
+// attempt timeout, and the reachability probe of the CA.
+
 package cache
 
 import (
@@ -101,34 +105,6 @@ func (m *Manager) checkExpired(now time.Time) time.Time {
 			zap.Time("next_attempt", st.NextRenewal))
 	}
 	return time.Time{}
-}
-
-// watchMountedExpiry keeps the expired state of a mounted workload
-// certificate until ctx ends: at its NotAfter, and after every change.
-func (m *Manager) watchMountedExpiry(ctx context.Context) {
-	updates, cancel := m.store.Subscribe()
-	defer cancel()
-	for {
-		var timerC <-chan time.Time
-		var t interface{ Stop() bool }
-		now := m.cfg.Clock.Now()
-		if at := m.checkExpired(now); !at.IsZero() {
-			tm := m.cfg.Clock.NewTimer(min(at.Round(0).Sub(now.Round(0)), m.cfg.WakeInterval))
-			t, timerC = tm, tm.C()
-		}
-		select {
-		case <-ctx.Done():
-			if t != nil {
-				t.Stop()
-			}
-			return
-		case <-updates:
-		case <-timerC:
-		}
-		if t != nil {
-			t.Stop()
-		}
-	}
 }
 
 // attemptContext returns ctx bounded by AttemptTimeout on the Manager's

@@ -1,3 +1,6 @@
+// This file reads and validates the PEM files of file-backed secrets,
+// reading only regular files of bounded size.
+
 package cache
 
 import (
@@ -8,9 +11,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/sdsagent/sdsagent/internal/pki"
@@ -25,7 +30,17 @@ const (
 	FileMalformed   = "malformed"    // not complete PEM of the expected type: half-written, truncated, garbage
 	FileKeyMismatch = "key_mismatch" // the private key is not the leaf certificate's
 	FileExpired     = "expired"      // the leaf certificate has expired
+	FileNotRegular  = "not_regular"  // not a regular file: a FIFO, a device, a socket, a directory
+	FileTooLarge    = "too_large"    // larger than maxPEMFileSize
 )
+
+// maxPEMFileSize bounds every PEM file the agent reads for a secret. Any
+// client of the socket can name a path in file-root: or file-cert:, so
+// without a bound a large file would be read whole into memory. The
+// largest real input is an operating system trust bundle (Debian's is
+// about 220 KiB); a chain, a key or a CRL is a few KiB. 1 MiB is several
+// times the largest of them.
+const maxPEMFileSize = 1 << 20
 
 // FileError says why a file-backed secret was refused: which file and
 // why. It never holds key material.
@@ -49,6 +64,10 @@ func (e *FileError) Hint() string {
 		return "create the file or fix the path; it is served as soon as a valid file appears"
 	case FileUnreadable:
 		return "make the file readable by the agent's user"
+	case FileNotRegular:
+		return "name a regular file (a symbolic link to one is fine); FIFOs, devices, sockets and directories are never read"
+	case FileTooLarge:
+		return fmt.Sprintf("a PEM file the agent reads must be at most %d bytes; name the file that holds only the certificates or key wanted", maxPEMFileSize)
 	case FileEmpty, FileMalformed:
 		if errors.Is(e.Err, pki.ErrEncryptedKey) || errors.Is(e.Err, pki.ErrDER) {
 			return "convert the file with the openssl command the error names, then replace it atomically"
@@ -68,18 +87,12 @@ func (e *FileError) Hint() string {
 // reads).
 const maxPairReads = 3
 
-// LoadKeyPair reads a PEM certificate chain (leaf first) and its PEM
+// loadKeyPair reads a PEM certificate chain (leaf first) and its PEM
 // private key and returns them as a TLSCertificate named name. It refuses
 // an empty or incomplete file, a key that is not the leaf's, and a leaf
-// expired at now, with a *FileError naming the file.
-func LoadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, error) {
-	sec, _, err := loadKeyPair(name, certPath, keyPath, now)
-	return sec, err
-}
-
-// loadKeyPair is LoadKeyPair that also returns a digest of the bytes read,
-// set whenever both files could be read, so that unchanged input is not
-// validated (and its refusal logged) again.
+// expired at now, with a *FileError naming the file. It also returns a
+// digest of the bytes read, set whenever both files could be read, so
+// that unchanged input is not validated (and its refusal logged) again.
 func loadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, [sha256.Size]byte, error) {
 	var certPEM, keyPEM []byte
 	for i := 0; ; i++ {
@@ -132,16 +145,11 @@ func loadKeyPair(name, certPath, keyPath string, now time.Time) (*Secret, [sha25
 	}, digest, nil
 }
 
-// LoadRoots reads a PEM bundle of trust anchors and returns it as a
-// ValidationContext named name. Every block must be a certificate and the
-// file must end after a complete block, so a half-written bundle is never
-// taken for a shorter one. Expired anchors are kept: bundles carry them
-// while roots rotate.
-func LoadRoots(name, path string) (*Secret, error) {
-	sec, _, err := loadRoots(name, path)
-	return sec, err
-}
-
+// loadRoots reads a PEM bundle of trust anchors and returns it as a
+// ValidationContext named name, with the digest of the bytes read. Every
+// block must be a certificate and the file must end after a complete
+// block, so a half-written bundle is never taken for a shorter one.
+// Expired anchors are kept: bundles carry them while roots rotate.
 func loadRoots(name, path string) (*Secret, [sha256.Size]byte, error) {
 	data, err := readPEMFile(path)
 	if err != nil {
@@ -159,7 +167,7 @@ func loadRoots(name, path string) (*Secret, [sha256.Size]byte, error) {
 // space is no certificates rather than an error: it is how an operator
 // empties the trust anchors file. A missing file is still refused.
 func loadRootsOrNone(name, path string) (*Secret, [sha256.Size]byte, error) {
-	data, err := os.ReadFile(path)
+	data, err := readBoundedFile(path)
 	if err == nil && len(bytes.TrimSpace(data)) == 0 {
 		return &Secret{Name: name, Kind: ValidationContext, Source: path}, sha256.Sum256(data), nil
 	}
@@ -233,18 +241,103 @@ func rootsSecret(name, path string, certs []*x509.Certificate) *Secret {
 	}
 }
 
-// readPEMFile reads a file that must not be empty.
+// readPEMFile reads a file that must not be empty, with the limits of
+// readBoundedFile.
 func readPEMFile(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, &FileError{Path: path, Reason: FileMissing, Err: errors.New("no such file")}
-	case err != nil:
-		return nil, &FileError{Path: path, Reason: FileUnreadable, Err: err}
-	case len(bytes.TrimSpace(data)) == 0:
+	data, err := readBoundedFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, &FileError{Path: path, Reason: FileEmpty, Err: errors.New("the file is empty")}
 	}
 	return data, nil
+}
+
+// readBoundedFile reads path, following symbolic links, only if it leads
+// to a regular file of at most maxPEMFileSize bytes. A FIFO would block
+// the reader and a device such as /dev/zero would never end, so anything
+// else is refused: before opening it (opening some devices acts on them),
+// and again on the opened descriptor, in case the path was swapped in
+// between. The open does not block on a FIFO (O_NONBLOCK).
+func readBoundedFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err == nil {
+		err = checkRegular(path, fi)
+	}
+	if err != nil {
+		return nil, fileOpenError(path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fileOpenError(path, err)
+	}
+	defer f.Close()
+	if fi, err = f.Stat(); err == nil {
+		err = checkRegular(path, fi)
+	}
+	if err != nil {
+		return nil, fileOpenError(path, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxPEMFileSize+1))
+	if err != nil {
+		return nil, &FileError{Path: path, Reason: FileUnreadable, Err: err}
+	}
+	if len(data) > maxPEMFileSize {
+		return nil, tooLarge(path)
+	}
+	return data, nil
+}
+
+// checkRegular refuses fi unless it is a regular file of at most
+// maxPEMFileSize bytes.
+func checkRegular(path string, fi fs.FileInfo) error {
+	if !fi.Mode().IsRegular() {
+		return &FileError{Path: path, Reason: FileNotRegular,
+			Err: fmt.Errorf("the path leads to a %s, not a regular file", fileType(fi.Mode()))}
+	}
+	if fi.Size() > maxPEMFileSize {
+		return tooLarge(path)
+	}
+	return nil
+}
+
+func tooLarge(path string) *FileError {
+	return &FileError{Path: path, Reason: FileTooLarge,
+		Err: fmt.Errorf("the file is larger than %d bytes, the most the agent reads for a secret", maxPEMFileSize)}
+}
+
+// fileOpenError is err as a *FileError about path.
+func fileOpenError(path string, err error) error {
+	var fe *FileError
+	switch {
+	case errors.As(err, &fe):
+		return fe
+	case errors.Is(err, fs.ErrNotExist):
+		return &FileError{Path: path, Reason: FileMissing, Err: errors.New("no such file")}
+	default:
+		return &FileError{Path: path, Reason: FileUnreadable, Err: err}
+	}
+}
+
+// fileType names the type of a file that is not regular.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeDir != 0:
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO (named pipe)"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeCharDevice != 0:
+		return "character device"
+	case m&fs.ModeDevice != 0:
+		return "block device"
+	case m&fs.ModeIrregular != 0:
+		return "file of unknown type"
+	default:
+		return "non-regular file"
+	}
 }
 
 // evalSymlinks returns where path leads now, or "" if it leads nowhere.

@@ -60,7 +60,7 @@ func TestLoadKeyPair(t *testing.T) {
 				writeFile(t, dir, "tls.crt", tt.cert)
 			}
 			keyPath := writeFile(t, dir, "tls.key", tt.key)
-			sec, err := LoadKeyPair("file-cert:x", certPath, keyPath, now)
+			sec, _, err := loadKeyPair("file-cert:x", certPath, keyPath, now)
 			if tt.wantReason == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -113,10 +113,10 @@ func TestLoadRoots(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := writeFile(t, t.TempDir(), "ca.crt", tt.content)
-			sec, err := LoadRoots("file-root:"+p, p)
+			sec, _, err := loadRoots("file-root:"+p, p)
 			if tt.wantReason == "" {
 				if err != nil || sec.Kind != ValidationContext || len(sec.Certs) != 2 || !bytes.Equal(sec.TrustedCAPEM, bundle) {
-					t.Fatalf("LoadRoots = %+v, %v", sec, err)
+					t.Fatalf("loadRoots = %+v, %v", sec, err)
 				}
 				return
 			}

@@ -1,3 +1,5 @@
+// This file parses the file-cert: and file-root: resource names.
+
 package cache
 
 import (

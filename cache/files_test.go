@@ -148,7 +148,7 @@ func (h *fileHarness) fileErrors(reason string) float64 {
 
 func (h *fileHarness) totalFileErrors() int {
 	n := 0
-	for _, r := range []string{FileMissing, FileUnreadable, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired} {
+	for _, r := range []string{FileMissing, FileUnreadable, FileNotRegular, FileTooLarge, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired} {
 		n += int(h.fileErrors(r))
 	}
 	return n

@@ -60,7 +60,7 @@ func TestLoadKeyPairFormsOpenSSLWrites(t *testing.T) {
 				t.Fatalf("openssl: %v\n%s", err, out)
 			}
 			certPath, keyPath := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-			sec, err := LoadKeyPair("file-cert:x", certPath, keyPath, time.Now())
+			sec, _, err := loadKeyPair("file-cert:x", certPath, keyPath, time.Now())
 			if tt.wantErr == nil {
 				if err != nil {
 					t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 )
 
 // fileReasons are the reasons a *FileError may carry.
-var fileReasons = []string{FileMissing, FileUnreadable, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired}
+var fileReasons = []string{FileMissing, FileUnreadable, FileNotRegular, FileTooLarge, FileEmpty, FileMalformed, FileKeyMismatch, FileExpired}
 
 // checkFileError fails unless err is a *FileError with a known reason
 // that names one of paths and holds none of key's body.
@@ -67,7 +67,7 @@ func FuzzLoadKeyPair(f *testing.F) {
 			t.Fatal(err)
 		}
 		now := time.Now()
-		sec, err := LoadKeyPair("file-cert:"+certPath+"~"+keyPath, certPath, keyPath, now)
+		sec, _, err := loadKeyPair("file-cert:"+certPath+"~"+keyPath, certPath, keyPath, now)
 		if err != nil {
 			if sec != nil {
 				t.Fatal("a secret with an error")
@@ -96,7 +96,7 @@ func FuzzLoadKeyPair(f *testing.F) {
 }
 
 // FuzzLoadRoots writes the input as a CA bundle and loads it as a
-// file-root: secret, strictly (LoadRoots) and leniently as the system
+// file-root: secret, strictly (loadRoots) and leniently as the system
 // bundle is read: never a panic; a refusal is a *FileError; an accepted
 // bundle holds at least one certificate and serves PEM that parses back
 // to them.
@@ -123,7 +123,7 @@ func FuzzLoadRoots(f *testing.F) {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		strict, err := LoadRoots("file-root:"+path, path)
+		strict, _, err := loadRoots("file-root:"+path, path)
 		if err != nil {
 			checkFileError(t, err, nil, path)
 		} else {

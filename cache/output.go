@@ -1,3 +1,6 @@
+// This file is OutputWriter: it writes the workload identity to a
+// directory whenever it changes.
+
 package cache
 
 import (

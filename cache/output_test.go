@@ -133,10 +133,37 @@ func TestOutputWriterWritesAtomicallyOnlyWhatChanged(t *testing.T) {
 	}
 
 	// A writer started on files that are already current writes nothing.
-	logs2 := runOutput(t, OutputConfig{Dir: dir, Source: store})
-	time.Sleep(50 * time.Millisecond)
+	// Its second look at the snapshot (after a notification sent once it
+	// made the first) comes after its first write attempt has ended.
+	src := &lookingSource{SnapshotSource: store, looked: make(chan struct{}, 16)}
+	logs2 := runOutput(t, OutputConfig{Dir: dir, Source: src})
+	src.waitLook(t)
+	store.notify()
+	src.waitLook(t)
 	if n := logs2.FilterMessage("certificates written to disk").Len(); n != 0 {
 		t.Fatalf("a new writer rewrote current files (%d writes)", n)
+	}
+}
+
+// lookingSource is a SnapshotSource that reports every Snapshot call: the
+// writer reads the snapshot at the start of each write attempt.
+type lookingSource struct {
+	SnapshotSource
+	looked chan struct{}
+}
+
+func (s *lookingSource) Snapshot() *Snapshot {
+	s.looked <- struct{}{}
+	return s.SnapshotSource.Snapshot()
+}
+
+// waitLook waits for the next Snapshot call.
+func (s *lookingSource) waitLook(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.looked:
+	case <-time.After(waitLimit):
+		t.Fatal("the writer did not read the snapshot")
 	}
 }
 

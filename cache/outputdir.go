@@ -1,3 +1,7 @@
+// This file is the directory layout OutputWriter writes: kubelet's
+// versioned directories behind a ..data symlink, so the files change
+// as one unit.
+
 package cache
 
 import (

@@ -1,3 +1,6 @@
+// This file is the retry policy: how long to wait after a failed CSR
+// attempt (RetryWait), a pure function.
+
 package cache
 
 import "time"

@@ -1,3 +1,6 @@
+// This file says when to renew (RenewTime, ShouldRenew,
+// TrustRenewTime), pure functions.
+
 package cache
 
 import "time"

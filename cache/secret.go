@@ -1,8 +1,6 @@
-// Package cache owns the secrets the agent serves: the workload identity
-// it renews from a CA (or reads from mounted files) and the file-backed
-// secrets streams ask for. It publishes immutable snapshots to
-// subscribers, and can write the workload identity to disk for other
-// tools (OutputWriter). It knows nothing of protobuf or gRPC.
+// This file defines what is served: Secret, its kinds, the resource
+// names the agent always serves, and Snapshot.
+
 package cache
 
 import (

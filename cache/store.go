@@ -1,3 +1,6 @@
+// This file is the Store: it holds the published snapshot and notifies
+// subscribers of changes.
+
 package cache
 
 import (

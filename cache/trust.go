@@ -1,9 +1,10 @@
+// This file composes the trust roots (ROOTCA, ALL) and returns them for
+// the Manager to publish; it publishes nothing itself.
+
 package cache
 
 import (
-	"crypto/sha256"
 	"crypto/x509"
-	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -17,7 +18,8 @@ import (
 )
 
 // trust composes the trust roots the agent serves as ROOTCA, and as ALL
-// while a stream asks for it, and publishes them when they change.
+// while a stream asks for it. It publishes nothing: each change returns a
+// rootsUpdate, which the Manager publishes (Manager.updateTrust).
 //
 // ROOTCA holds, each certificate once, in this order:
 //
@@ -32,13 +34,11 @@ import (
 // that list is the bundle of the agent's own trust domain, followed by
 // one bundle per federated trust domain read from files, by name.
 //
-// Nothing is published before the primary roots are known, so that
+// No roots are returned before the primary roots are known, so that
 // ROOTCA never appears without what verifies the workload's own peers.
-// Its methods are safe for concurrent use; they publish under mu, so
-// that snapshots follow the order of changes (lock order: trust.mu, then
-// Store.mu).
+// Its methods are safe for concurrent use. Each takes chain, the workload
+// chain (leaf first) served with the roots, for the CRLs (see crl.go).
 type trust struct {
-	store       *Store
 	clock       clock.Clock
 	log         *zap.Logger
 	metrics     *metrics.Metrics
@@ -79,7 +79,6 @@ const (
 )
 
 type trustConfig struct {
-	store       *Store
 	clock       clock.Clock
 	logger      *zap.Logger
 	metrics     *metrics.Metrics
@@ -90,7 +89,6 @@ type trustConfig struct {
 
 func newTrust(cfg trustConfig) *trust {
 	return &trust{
-		store:         cfg.store,
 		clock:         cfg.clock,
 		log:           cfg.logger.Named("trust"),
 		metrics:       cfg.metrics,
@@ -102,108 +100,131 @@ func newTrust(cfg trustConfig) *trust {
 	}
 }
 
-// setPrimary makes roots the primary roots, taken from source, and
-// publishes the trust roots together with also in one snapshot. With
-// retire, primary roots not in roots start retiring (a CA moved to a new
-// root); without, they are dropped at once (the mounted file is
-// authoritative).
-func (t *trust) setPrimary(roots []*x509.Certificate, source string, retire bool, also ...*Secret) {
-	cause := causeMountedRoot
-	if retire {
-		cause = causeCAAnswer
-	}
+// rootsUpdate is what a change of the trust roots asks the Manager to
+// publish, in one snapshot with the workload certificate when that
+// changed too.
+type rootsUpdate struct {
+	// set is ROOTCA, and ALL while a stream wants it; empty before the
+	// primary roots are known.
+	set []*Secret
+	// remove names ALL when no stream wants it.
+	remove []string
+	// report logs the change; the Manager calls it once published.
+	report func()
+}
+
+// caAnswer makes roots, those the CA's last verified answer (chain)
+// ended in, the primary roots. Primary roots not among them start
+// retiring: the CA moved to a new root, and peers still hold
+// certificates under the old one.
+func (t *trust) caAnswer(roots, chain []*x509.Certificate) rootsUpdate {
 	now := t.clock.Now()
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	var (
 		started   []retiringRoot
 		untrusted []*x509.Certificate // new CA roots that were not served
 	)
-	if retire {
-		for _, r := range roots {
-			if len(t.served) > 0 && !containsCert(t.served, r) {
-				untrusted = append(untrusted, r)
-			}
+	for _, r := range roots {
+		if len(t.served) > 0 && !containsCert(t.served, r) {
+			untrusted = append(untrusted, r)
 		}
-		next := retireRoots(t.primary, roots, t.retiring, now, t.overlap)
-		for _, r := range next {
-			if !slices.ContainsFunc(t.retiring, func(o retiringRoot) bool { return o.cert.Equal(r.cert) }) {
-				started = append(started, r)
-			}
-		}
-		t.retiring = next
 	}
+	next := retireRoots(t.primary, roots, t.retiring, now, t.overlap)
+	for _, r := range next {
+		if !slices.ContainsFunc(t.retiring, func(o retiringRoot) bool { return o.cert.Equal(r.cert) }) {
+			started = append(started, r)
+		}
+	}
+	t.retiring = next
+	t.primary = slices.Clone(roots)
+	t.source = "ca"
+	u := t.composeLocked(causeCAAnswer, chain)
+	changed := u.report
+	u.report = func() {
+		for _, r := range untrusted {
+			t.log.Warn("ca answer ends in a root not trusted before; peers that do not trust it yet refuse this workload",
+				zap.String("subject", r.Subject.String()),
+				zap.String("sha256", fingerprint(r)),
+				zap.String("hint", "before moving a CA to a new root, add the root to every agent's trust anchors (--trust-anchors) and wait until they serve it"))
+		}
+		for _, r := range started {
+			t.log.Info("trust root retiring; the CA signs under another root now",
+				zap.String("subject", r.cert.Subject.String()),
+				zap.String("sha256", fingerprint(r.cert)),
+				zap.Time("retire_at", r.until),
+				zap.Duration("overlap", t.overlap))
+		}
+		changed()
+	}
+	return u
+}
+
+// mountedRoots makes roots, read from the mounted root file source, the
+// primary roots. The file is authoritative: roots no longer in it are
+// dropped at once.
+func (t *trust) mountedRoots(roots []*x509.Certificate, source string, chain []*x509.Certificate) rootsUpdate {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.primary = slices.Clone(roots)
 	t.source = source
-	changes := t.publishLocked(also...)
-	t.mu.Unlock()
-
-	for _, r := range untrusted {
-		t.log.Warn("ca answer ends in a root not trusted before; peers that do not trust it yet refuse this workload",
-			zap.String("subject", r.Subject.String()),
-			zap.String("sha256", fingerprint(r)),
-			zap.String("hint", "before moving a CA to a new root, add the root to every agent's trust anchors (--trust-anchors) and wait until they serve it"))
-	}
-	for _, r := range started {
-		t.log.Info("trust root retiring; the CA signs under another root now",
-			zap.String("subject", r.cert.Subject.String()),
-			zap.String("sha256", fingerprint(r.cert)),
-			zap.Time("retire_at", r.until),
-			zap.Duration("overlap", t.overlap))
-	}
-	t.logChanges(cause, changes)
+	return t.composeLocked(causeMountedRoot, chain)
 }
 
-// setAnchors replaces the trust anchors and publishes.
-func (t *trust) setAnchors(certs []*x509.Certificate) {
+// setAnchors replaces the trust anchors.
+func (t *trust) setAnchors(certs, chain []*x509.Certificate) rootsUpdate {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.anchors = certs
-	changes := t.publishLocked()
-	t.mu.Unlock()
-	t.logChanges(causeAnchors, changes)
+	return t.composeLocked(causeAnchors, chain)
 }
 
-// setBundle replaces the roots of the federated trust domain td and
-// publishes.
-func (t *trust) setBundle(td string, certs []*x509.Certificate) {
+// setBundle replaces the roots of the federated trust domain td.
+func (t *trust) setBundle(td string, certs, chain []*x509.Certificate) rootsUpdate {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.bundles[td] = dedupCerts(certs)
-	changes := t.publishLocked()
-	t.mu.Unlock()
-	t.logChanges(causeBundle, changes)
+	return t.composeLocked(causeBundle, chain)
 }
 
-// setWantAll says whether a stream wants ALL; it is published only then.
-func (t *trust) setWantAll(want bool) {
+// setWantAll says whether a stream wants ALL; it is returned only then.
+// The update is empty when that did not change.
+func (t *trust) setWantAll(want bool, chain []*x509.Certificate) rootsUpdate {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.wantAll == want {
-		return
+		return rootsUpdate{}
 	}
 	t.wantAll = want
-	t.publishLocked()
+	u := t.composeLocked("", chain)
+	u.report = nil // ALL's roots are ROOTCA's and the bundles: nothing changed
+	return u
 }
 
-// expire drops the retiring roots whose overlap has ended at now.
-func (t *trust) expire(now time.Time) {
+// expire drops the retiring roots whose overlap has ended at now. The
+// update is empty when none did.
+func (t *trust) expire(now time.Time, chain []*x509.Certificate) rootsUpdate {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	kept, dropped := expireRoots(t.retiring, now)
 	if len(dropped) == 0 {
-		t.mu.Unlock()
-		return
+		return rootsUpdate{}
 	}
 	t.retiring = kept
 	anchors := t.anchors
-	changes := t.publishLocked()
-	t.mu.Unlock()
-
-	for _, r := range dropped {
-		t.log.Info("trust root retired; its overlap ended",
-			zap.String("subject", r.cert.Subject.String()),
-			zap.String("sha256", fingerprint(r.cert)),
-			zap.Time("retire_at", r.until),
-			zap.Bool("kept_as_trust_anchor", containsCert(anchors, r.cert)))
+	u := t.composeLocked(causeRetired, chain)
+	changed := u.report
+	u.report = func() {
+		for _, r := range dropped {
+			t.log.Info("trust root retired; its overlap ended",
+				zap.String("subject", r.cert.Subject.String()),
+				zap.String("sha256", fingerprint(r.cert)),
+				zap.Time("retire_at", r.until),
+				zap.Bool("kept_as_trust_anchor", containsCert(anchors, r.cert)))
+		}
+		changed()
 	}
-	t.logChanges(causeRetired, changes)
+	return u
 }
 
 // nextRetirement returns when the next retiring root is dropped.
@@ -223,33 +244,26 @@ func (t *trust) nextRetirement() (time.Time, bool) {
 type rootsChange struct {
 	trustDomain    string
 	added, removed []*x509.Certificate
-	now            int
+	// count is how many roots the trust domain has after the change.
+	count int
 }
 
-// publishLocked publishes the trust roots (once the primary roots are
-// known) and also, and returns how the roots changed. t.mu is held.
-func (t *trust) publishLocked(also ...*Secret) []rootsChange {
+// composeLocked returns the trust roots secrets for the current inputs
+// (none before the primary roots are known) and a report that logs, with
+// cause, the roots that changed since the last update composed. t.mu is
+// held.
+func (t *trust) composeLocked(cause string, chain []*x509.Certificate) rootsUpdate {
 	if len(t.primary) == 0 {
-		if len(also) > 0 {
-			t.setExpiry(also)
-			t.store.Update(also, nil)
-		}
-		return nil
+		return rootsUpdate{}
 	}
 	own := composeRoots(t.primary, t.retiring, t.anchors)
-	t.acceptCRLsLocked(own, t.chainLocked(also))
+	t.acceptCRLsLocked(own, chain)
 	bundles := t.bundlesFor(own)
-	set := append(slices.Clone(also), t.rootsSecret(RootCertName, own, bundles, t.spiffe))
-	var remove []string
+	u := rootsUpdate{set: []*Secret{t.rootsSecret(RootCertName, own, bundles, t.spiffe)}}
 	if t.wantAll && len(bundles) > 0 {
-		set = append(set, t.rootsSecret(AllBundlesName, own, bundles, true))
+		u.set = append(u.set, t.rootsSecret(AllBundlesName, own, bundles, true))
 	} else {
-		remove = append(remove, AllBundlesName)
-	}
-	t.setExpiry(set)
-	t.store.Update(set, remove)
-	if len(remove) > 0 {
-		t.metrics.CertExpiryTimestamp.DeleteLabelValues(AllBundlesName)
+		u.remove = []string{AllBundlesName}
 	}
 
 	var changes []rootsChange
@@ -263,13 +277,8 @@ func (t *trust) publishLocked(also ...*Secret) []rootsChange {
 		}
 		t.servedBundles[td] = t.bundles[td]
 	}
-	return changes
-}
-
-func (t *trust) setExpiry(secrets []*Secret) {
-	for _, sec := range secrets {
-		t.metrics.CertExpiryTimestamp.WithLabelValues(sec.Name).Set(float64(sec.NotAfter().Unix()))
-	}
+	u.report = func() { t.logChanges(cause, changes) }
+	return u
 }
 
 // bundlesFor returns the SPIFFE bundles: the agent's own trust domain
@@ -309,20 +318,6 @@ func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []Trus
 	return sec
 }
 
-// chainLocked returns the workload chain being published in also, or
-// else the one served.
-func (t *trust) chainLocked(also []*Secret) []*x509.Certificate {
-	for _, s := range also {
-		if s.Name == WorkloadCertName {
-			return s.Certs
-		}
-	}
-	if s, ok := t.store.Snapshot().Get(WorkloadCertName); ok {
-		return s.Certs
-	}
-	return nil
-}
-
 // logChanges logs each trust domain whose roots changed.
 func (t *trust) logChanges(cause string, changes []rootsChange) {
 	for _, c := range changes {
@@ -331,99 +326,6 @@ func (t *trust) logChanges(cause string, changes []rootsChange) {
 			zap.String("cause", cause),
 			zap.Strings("added_roots", describeCerts(c.added)),
 			zap.Strings("removed_roots", describeCerts(c.removed)),
-			zap.Int("roots", c.now))
+			zap.Int("roots", c.count))
 	}
-}
-
-// composeRoots returns the roots of ROOTCA: primary, then retiring, then
-// anchors, each certificate once, in that order.
-func composeRoots(primary []*x509.Certificate, retiring []retiringRoot, anchors []*x509.Certificate) []*x509.Certificate {
-	all := slices.Clone(primary)
-	for _, r := range retiring {
-		all = append(all, r.cert)
-	}
-	return dedupCerts(append(all, anchors...))
-}
-
-// retireRoots returns the retiring roots after the CA's roots changed
-// from old to cur at now: each root of old not in cur retires until
-// now+overlap and comes first; a retiring root in cur again is current,
-// no longer retiring; the others keep their place and deadline.
-func retireRoots(old, cur []*x509.Certificate, retiring []retiringRoot, now time.Time, overlap time.Duration) []retiringRoot {
-	var out []retiringRoot
-	isRetiring := func(c *x509.Certificate) bool {
-		return slices.ContainsFunc(retiring, func(r retiringRoot) bool { return r.cert.Equal(c) })
-	}
-	for _, c := range old {
-		if !containsCert(cur, c) && !isRetiring(c) && !slices.ContainsFunc(out, func(r retiringRoot) bool { return r.cert.Equal(c) }) {
-			out = append(out, retiringRoot{cert: c, until: now.Add(overlap)})
-		}
-	}
-	for _, r := range retiring {
-		if !containsCert(cur, r.cert) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// expireRoots splits retiring into the roots still trusted at now and
-// those whose overlap has ended, comparing wall-clock readings as
-// ShouldRenew does.
-func expireRoots(retiring []retiringRoot, now time.Time) (kept, dropped []retiringRoot) {
-	for _, r := range retiring {
-		if ShouldRenew(now, r.until) {
-			dropped = append(dropped, r)
-		} else {
-			kept = append(kept, r)
-		}
-	}
-	return kept, dropped
-}
-
-// diffRoots says which roots of trust domain td were added and removed
-// from before to after, and false if none.
-func diffRoots(td string, before, after []*x509.Certificate) (rootsChange, bool) {
-	c := rootsChange{trustDomain: td, now: len(after)}
-	for _, a := range after {
-		if !containsCert(before, a) {
-			c.added = append(c.added, a)
-		}
-	}
-	for _, b := range before {
-		if !containsCert(after, b) {
-			c.removed = append(c.removed, b)
-		}
-	}
-	return c, len(c.added)+len(c.removed) > 0
-}
-
-// dedupCerts returns certs without repeats, in their first order.
-func dedupCerts(certs []*x509.Certificate) []*x509.Certificate {
-	var out []*x509.Certificate
-	for _, c := range certs {
-		if !containsCert(out, c) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
-	return slices.ContainsFunc(certs, c.Equal)
-}
-
-// fingerprint is the SHA-256 of the certificate's DER in hex, as
-// `openssl x509 -noout -fingerprint -sha256` prints it without colons.
-func fingerprint(c *x509.Certificate) string {
-	return fmt.Sprintf("%x", sha256.Sum256(c.Raw))
-}
-
-// describeCerts names certificates in logs: subject and fingerprint.
-func describeCerts(certs []*x509.Certificate) []string {
-	out := make([]string, 0, len(certs))
-	for _, c := range certs {
-		out = append(out, c.Subject.String()+" sha256:"+fingerprint(c))
-	}
-	return out
 }

@@ -6,11 +6,13 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"fmt"
 	"math/big"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,8 +103,9 @@ func signAtCA(t *testing.T, ca *testCA, td string) (crypto.Signer, pki.ID, []str
 	return key, id, chain
 }
 
-// verifyAsAgent checks a chain the way the agent does before serving it,
-// trusting the roots in rootFile.
+// verifyAsAgent checks a chain the way the agent does before serving it
+// (pki.Verify: the chain must end in its root), and that this root is one
+// of the roots in rootFile.
 func verifyAsAgent(t *testing.T, chain []string, key crypto.Signer, id pki.ID, rootFile string) (*pki.Bundle, error) {
 	t.Helper()
 	certs, err := pki.ParseChain(chain)
@@ -117,7 +120,14 @@ func verifyAsAgent(t *testing.T, chain []string, key crypto.Signer, id pki.ID, r
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pki.Verify(pki.VerifyInput{Chain: certs, Key: key.Public(), ID: id, Now: time.Now(), ExtraRoots: roots})
+	b, err := pki.Verify(pki.VerifyInput{Chain: certs, Key: key.Public(), ID: id, Now: time.Now()})
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(roots, b.Roots[0].Equal) {
+		return nil, fmt.Errorf("the chain ends in %q, which is not in %s", b.Roots[0].Subject, rootFile)
+	}
+	return b, nil
 }
 
 func readCertFile(t *testing.T, path string) *x509.Certificate {

@@ -177,9 +177,7 @@ func TestAgentTTLOverCAMaxIsClearAndNotATightLoop(t *testing.T) {
 	// Retries back off: the third attempt comes at least
 	// 0.5s×0.5 + 1s×0.5 after the first (initial 0.5s, doubling, ±50%).
 	first := time.Now()
-	for strings.Count(a.logs.String(), "certificate request failed") < 3 {
-		a.logs.waitChange(t)
-	}
+	a.logs.waitFor(t, "3 CSR attempts", func() bool { return strings.Count(a.logs.String(), "certificate request failed") >= 3 })
 	if took := time.Since(first); took < 750*time.Millisecond {
 		t.Fatalf("3 CSR attempts within %s: want a backoff, not a tight loop", took)
 	}

@@ -122,16 +122,24 @@ func (b *logBuffer) waitLine(t *testing.T, msg string) map[string]any {
 	}
 }
 
-// waitChange waits until something more is written.
-func (b *logBuffer) waitChange(t *testing.T) {
+// waitFor waits until cond holds, checking it again after every write.
+// The change channel is taken before cond is checked, so a line written
+// in between is not missed.
+func (b *logBuffer) waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	b.mu.Lock()
-	changed := b.changed
-	b.mu.Unlock()
-	select {
-	case <-changed:
-	case <-time.After(waitLimit):
-		t.Fatalf("no more log lines:\n%s", b.String())
+	deadline := time.After(waitLimit)
+	for {
+		b.mu.Lock()
+		changed := b.changed
+		b.mu.Unlock()
+		if cond() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s; log:\n%s", what, b.String())
+		}
 	}
 }
 

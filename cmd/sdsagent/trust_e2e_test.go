@@ -171,9 +171,7 @@ func (b *logBuffer) countLines(msg string, match func(map[string]any) bool) int 
 // waitCount waits until countLines reaches n.
 func (b *logBuffer) waitCount(t *testing.T, n int, msg string, match func(map[string]any) bool) {
 	t.Helper()
-	for b.countLines(msg, match) < n {
-		b.waitChange(t)
-	}
+	b.waitFor(t, fmt.Sprintf("%d %q lines", n, msg), func() bool { return b.countLines(msg, match) >= n })
 }
 
 // TestAgentChainsThroughIntermediates: with a plugged-in intermediate CA,

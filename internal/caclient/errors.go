@@ -2,35 +2,12 @@ package caclient
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// Code returns the gRPC status code an error from Sign carries: the CA's
-// answer, or gRPC's verdict when the call did not complete (Unavailable,
-// DeadlineExceeded, Canceled). It returns codes.OK for nil and codes.Unknown
-// for errors that carry no code, such as an unreadable token file or an empty
-// chain.
-func Code(err error) codes.Code {
-	if err == nil {
-		return codes.OK
-	}
-	var se interface{ GRPCStatus() *status.Status }
-	if errors.As(err, &se) {
-		return se.GRPCStatus().Code()
-	}
-	switch {
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	}
-	return codes.Unknown
-}
 
 // callError is a failed CreateCertificate call. It wraps the gRPC status
 // error (and the TLS verification error, if that was the cause), and matches

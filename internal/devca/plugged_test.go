@@ -11,8 +11,10 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,8 +66,9 @@ func servingChain(t *testing.T, addr string, roots *x509.CertPool) []*x509.Certi
 	return conn.(*tls.Conn).ConnectionState().PeerCertificates
 }
 
-// agentVerify checks a chain as the agent does before serving it:
-// pki.Verify with the roots of the CA's root-cert.pem as configured roots.
+// agentVerify checks a chain as the agent does before serving it
+// (pki.Verify: the chain must end in its root), and that this root is one
+// of the CA's root-cert.pem.
 func agentVerify(t *testing.T, chain []string, key *ecdsa.PrivateKey, id string, rootPEM []byte) *pki.Bundle {
 	t.Helper()
 	certs, err := pki.ParseChain(chain)
@@ -76,13 +79,21 @@ func agentVerify(t *testing.T, chain []string, key *ecdsa.PrivateKey, id string,
 	if err != nil {
 		t.Fatalf("parse roots: %v", err)
 	}
-	pid, err := pki.ParseID(id)
+	u, err := url.Parse(id)
 	if err != nil {
 		t.Fatalf("parse id: %v", err)
 	}
-	b, err := pki.Verify(pki.VerifyInput{Chain: certs, Key: key.Public(), ID: pid, Now: time.Now(), ExtraRoots: roots})
+	parts := strings.Split(u.Path, "/") // "", "ns", namespace, "sa", service account
+	pid, err := pki.WorkloadID(u.Host, parts[2], parts[4])
+	if err != nil || pid.String() != id {
+		t.Fatalf("workload id %q: %v", id, err)
+	}
+	b, err := pki.Verify(pki.VerifyInput{Chain: certs, Key: key.Public(), ID: pid, Now: time.Now()})
 	if err != nil {
 		t.Fatalf("pki.Verify: %v", err)
+	}
+	if !slices.ContainsFunc(roots, b.Roots[0].Equal) {
+		t.Fatalf("the chain ends in %q, which is not in root-cert.pem", b.Roots[0].Subject)
 	}
 	return b
 }

@@ -164,13 +164,6 @@ func (w *Watcher) Set(paths []string) {
 	}
 }
 
-// Dirs returns the directories watched now, sorted.
-func (w *Watcher) Dirs() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Sorted(maps.Keys(w.dirs))
-}
-
 // Close stops the watcher and waits for its goroutine. It is idempotent.
 func (w *Watcher) Close() error {
 	var err error

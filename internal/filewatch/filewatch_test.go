@@ -2,6 +2,7 @@ package filewatch
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,13 @@ import (
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
 	"github.com/sdsagent/sdsagent/internal/filewatch/filewatchtest"
 )
+
+// watchedDirs returns the directories w watches now, sorted.
+func (w *Watcher) watchedDirs() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Sorted(maps.Keys(w.dirs))
+}
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
@@ -48,7 +56,7 @@ func waitReport(t *testing.T, w *Watcher, path string) {
 				return
 			}
 		case <-deadline:
-			t.Fatalf("%s not reported within %s; watching %v", path, waitLimit, w.Dirs())
+			t.Fatalf("%s not reported within %s; watching %v", path, waitLimit, w.watchedDirs())
 		}
 	}
 }
@@ -76,7 +84,7 @@ func reportsUntil(t *testing.T, w *Watcher, marker string, clk *clocktest.Fake) 
 		case <-tick:
 			clk.Advance(debounce)
 		case <-deadline:
-			t.Fatalf("%s not reported within %s; reported %v, watching %v", marker, waitLimit, got, w.Dirs())
+			t.Fatalf("%s not reported within %s; reported %v, watching %v", marker, waitLimit, got, w.watchedDirs())
 		}
 	}
 }
@@ -105,7 +113,7 @@ func TestInPlaceWriteIsReportedAndSiblingsAreNot(t *testing.T) {
 	write(t, path, "v1")
 	w := open(t, Config{})
 	w.Set([]string{path})
-	if got := w.Dirs(); !slices.Equal(got, []string{dir}) {
+	if got := w.watchedDirs(); !slices.Equal(got, []string{dir}) {
 		t.Fatalf("watching %v, want only the parent directory %s", got, dir)
 	}
 
@@ -204,7 +212,7 @@ func TestKubeletAtomicSwapsAreReportedEveryTime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := w.Dirs(), []string{dir, filepath.Join(dir, target)}; !slices.Equal(got, want) {
+		if got, want := w.watchedDirs(), []string{dir, filepath.Join(dir, target)}; !slices.Equal(got, want) {
 			t.Fatalf("after swap %d watching %v, want %v", i, got, want)
 		}
 	}
@@ -235,7 +243,7 @@ func TestSymlinkChainAcrossDirectories(t *testing.T) {
 	}
 	w := open(t, Config{})
 	w.Set([]string{path})
-	if got, want := w.Dirs(), []string{a, b, filepath.Join(c, "v1")}; !slices.Equal(got, want) {
+	if got, want := w.watchedDirs(), []string{a, b, filepath.Join(c, "v1")}; !slices.Equal(got, want) {
 		t.Fatalf("watching %v, want %v", got, want)
 	}
 
@@ -248,7 +256,7 @@ func TestSymlinkChainAcrossDirectories(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReport(t, w, path)
-	if got, want := w.Dirs(), []string{a, b, filepath.Join(c, "v2")}; !slices.Equal(got, want) {
+	if got, want := w.watchedDirs(), []string{a, b, filepath.Join(c, "v2")}; !slices.Equal(got, want) {
 		t.Fatalf("after repointing, watching %v, want %v", got, want)
 	}
 	// The old target is no longer watched; the new one is.
@@ -320,12 +328,12 @@ func TestMissingFileIsReportedWhenItAppears(t *testing.T) {
 	path := filepath.Join(root, "not", "yet", "cert.pem")
 	w := open(t, Config{})
 	w.Set([]string{path})
-	if got := w.Dirs(); !slices.Equal(got, []string{root}) {
+	if got := w.watchedDirs(); !slices.Equal(got, []string{root}) {
 		t.Fatalf("watching %v, want the deepest existing directory %s", got, root)
 	}
 	write(t, path, "v1")
 	waitReport(t, w, path)
-	if got := w.Dirs(); !slices.Equal(got, []string{filepath.Dir(path)}) {
+	if got := w.watchedDirs(); !slices.Equal(got, []string{filepath.Dir(path)}) {
 		t.Fatalf("watching %v once the file exists, want its directory", got)
 	}
 }
@@ -338,14 +346,14 @@ func TestSetRemovesWatches(t *testing.T) {
 	w := open(t, Config{})
 	w.Set([]string{p1, p2})
 	w.Set([]string{p2})
-	if got := w.Dirs(); !slices.Equal(got, []string{dir2}) {
+	if got := w.watchedDirs(); !slices.Equal(got, []string{dir2}) {
 		t.Fatalf("watching %v, want %s only", got, dir2)
 	}
 	write(t, p1, "changed")
 	write(t, p2, "changed")
 	expectOnly(t, w, p2, nil)
 	w.Set(nil)
-	if got := w.Dirs(); len(got) != 0 {
+	if got := w.watchedDirs(); len(got) != 0 {
 		t.Fatalf("watching %v after Set(nil)", got)
 	}
 }

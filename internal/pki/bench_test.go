@@ -36,7 +36,7 @@ func BenchmarkKeyAndCSR(b *testing.B) {
 func BenchmarkVerify(b *testing.B) {
 	root := testpki.NewRoot(b, "root")
 	key := testpki.NewKey(b)
-	id, _ := ParseID("spiffe://cluster.local/ns/default/sa/web")
+	id, _ := WorkloadID("cluster.local", "default", "web")
 	leaf := root.IssueLeaf(b, testpki.LeafOptions{URIs: []string{id.String()}, Key: key})
 	chain, err := ParseChain([]string{string(leaf.CertPEM), string(root.CertPEM)})
 	if err != nil {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
-	"strings"
 )
 
 // ID is a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/web.
@@ -43,28 +42,6 @@ func WorkloadID(trustDomain, namespace, serviceAccount string) (ID, error) {
 		}
 	}
 	return ID{u: &url.URL{Scheme: "spiffe", Host: trustDomain, Path: "/ns/" + namespace + "/sa/" + serviceAccount}}, nil
-}
-
-// ParseID parses a spiffe:// URI.
-func ParseID(s string) (ID, error) {
-	u, err := url.Parse(s)
-	if err != nil {
-		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: %w", s, err)
-	}
-	if u.Scheme != "spiffe" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Port() != "" {
-		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: want spiffe://<trust-domain>/<path>", s)
-	}
-	if !trustDomainRE.MatchString(u.Host) {
-		return ID{}, fmt.Errorf("invalid SPIFFE ID %q: bad trust domain", s)
-	}
-	if u.Path != "" {
-		for _, seg := range strings.Split(strings.TrimPrefix(u.Path, "/"), "/") {
-			if seg == "" || seg == "." || seg == ".." || !pathSegmentRE.MatchString(seg) {
-				return ID{}, fmt.Errorf("invalid SPIFFE ID %q: bad path segment %q", s, seg)
-			}
-		}
-	}
-	return ID{u: u}, nil
 }
 
 // String returns the URI form.

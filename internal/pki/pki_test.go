@@ -183,12 +183,30 @@ func TestParseCertificatesRejectsMalformedFiles(t *testing.T) {
 	}
 }
 
+// TestVerifyNoRootSaysWhatToDo: a chain that does not end in its root is
+// refused with an error telling the operator what the CA must send, not
+// one that points at a setting that does not exist.
+func TestVerifyNoRootSaysWhatToDo(t *testing.T) {
+	root := testpki.NewRoot(t, "root")
+	id, _ := WorkloadID("cluster.local", "default", "web")
+	key := testpki.NewKey(t)
+	leaf := root.IssueLeaf(t, testpki.LeafOptions{URIs: []string{id.String()}, Key: key})
+	_, err := Verify(VerifyInput{Chain: []*x509.Certificate{leaf.Cert}, Key: key.Public(), ID: id, Now: time.Now()})
+	var ve *VerifyError
+	if !errors.As(err, &ve) || ve.Check != CheckChain {
+		t.Fatalf("Verify error = %v, want check %s", err, CheckChain)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "send its root certificate last") || strings.Contains(msg, "configured") {
+		t.Fatalf("error %q does not say the CA must send its root", msg)
+	}
+}
+
 func TestVerify(t *testing.T) {
 	now := time.Now()
 	root := testpki.NewRoot(t, "root")
 	inter := root.NewIntermediate(t, "intermediate")
 	otherRoot := testpki.NewRoot(t, "other root")
-	id, _ := ParseID("spiffe://cluster.local/ns/default/sa/web")
+	id, _ := WorkloadID("cluster.local", "default", "web")
 	key := testpki.NewKey(t)
 	leaf := func(ca *testpki.CA, uris []string, nb, na time.Time) *x509.Certificate {
 		return ca.IssueLeaf(t, testpki.LeafOptions{URIs: uris, Key: key, NotBefore: nb, NotAfter: na}).Cert
@@ -202,7 +220,6 @@ func TestVerify(t *testing.T) {
 	}{
 		{"leaf and root", VerifyInput{Chain: []*x509.Certificate{good, root.Cert}}, "", 1},
 		{"leaf, intermediate and root", VerifyInput{Chain: []*x509.Certificate{leaf(inter, []string{id.String()}, now.Add(-time.Minute), now.Add(time.Hour)), inter.Cert, root.Cert}}, "", 2},
-		{"root from configuration", VerifyInput{Chain: []*x509.Certificate{good}, ExtraRoots: []*x509.Certificate{root.Cert}}, "", 1},
 		{"empty chain", VerifyInput{}, CheckParse, 0},
 		{"other key", VerifyInput{Chain: []*x509.Certificate{root.IssueLeaf(t, testpki.LeafOptions{URIs: []string{id.String()}}).Cert, root.Cert}}, CheckKeyMismatch, 0},
 		{"other id", VerifyInput{Chain: []*x509.Certificate{leaf(root, []string{"spiffe://cluster.local/ns/default/sa/db"}, now.Add(-time.Minute), now.Add(time.Hour)), root.Cert}}, CheckIdentity, 0},

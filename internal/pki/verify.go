@@ -48,8 +48,8 @@ type Bundle struct {
 
 // VerifyInput is what Verify checks.
 type VerifyInput struct {
-	// Chain is the CA's answer, leaf first. A self-signed last certificate
-	// is taken as the root.
+	// Chain is the CA's answer, leaf first. Its last certificate must be
+	// a self-signed root: the root it is verified against.
 	Chain []*x509.Certificate
 	// Key is the public key the leaf must be for.
 	Key crypto.PublicKey
@@ -57,9 +57,6 @@ type VerifyInput struct {
 	ID ID
 	// Now is the time at which the leaf must be valid.
 	Now time.Time
-	// ExtraRoots are trusted in addition to a root at the end of Chain;
-	// they are needed when the CA does not send its root.
-	ExtraRoots []*x509.Certificate
 }
 
 // Verify checks a chain returned by a CA before it may be served: the leaf
@@ -76,7 +73,6 @@ func Verify(in VerifyInput) (*Bundle, error) {
 		roots = append(roots, rest[n-1])
 		rest = rest[:n-1]
 	}
-	roots = appendUnique(roots, in.ExtraRoots...)
 
 	pub, ok := in.Key.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(leaf.PublicKey) {
@@ -96,7 +92,7 @@ func Verify(in VerifyInput) (*Bundle, error) {
 		return nil, &VerifyError{CheckExpired, fmt.Errorf("the leaf certificate expired at %s (now %s); check the clocks of this host and the CA", leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))}
 	}
 	if len(roots) == 0 {
-		return nil, &VerifyError{CheckChain, errors.New("the chain does not end in a self-signed root and no other root is configured")}
+		return nil, &VerifyError{CheckChain, errors.New("the chain does not end in a self-signed root; configure the CA to send its root certificate last (Istio sends leaf, intermediates, root)")}
 	}
 	if err := VerifyChain(leaf, rest, roots, now); err != nil {
 		return nil, &VerifyError{CheckChain, err}
@@ -135,20 +131,4 @@ func VerifyChain(cert *x509.Certificate, intermediates, roots []*x509.Certificat
 // isSelfSigned reports whether c is a CA certificate signed by its own key.
 func isSelfSigned(c *x509.Certificate) bool {
 	return c.IsCA && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
-}
-
-func appendUnique(certs []*x509.Certificate, more ...*x509.Certificate) []*x509.Certificate {
-	for _, m := range more {
-		dup := false
-		for _, c := range certs {
-			if c.Equal(m) {
-				dup = true
-				break
-			}
-		}
-		if !dup {
-			certs = append(certs, m)
-		}
-	}
-	return certs
 }
