@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/internal/clock"
@@ -102,6 +102,9 @@ type Config struct {
 	// WakeInterval is the longest the loop sleeps without checking the
 	// wall clock.
 	WakeInterval time.Duration
+	// AttemptTimeout bounds one CSR attempt on Clock. Default
+	// DefaultAttemptTimeout.
+	AttemptTimeout time.Duration
 	// Rand returns a uniform draw in [0,1) for the renewal jitter.
 	Rand func() float64
 	// Clock, Logger and Metrics default to the real clock, a no-op logger
@@ -174,6 +177,10 @@ type Manager struct {
 
 	mu     sync.Mutex
 	status Status
+	// expiredCert is the workload certificate whose expiry was reported.
+	expiredCert *Secret
+	// parked is true while the renewal loop waits for its next wake-up.
+	parked atomic.Bool
 }
 
 // New returns a Manager. It starts nothing; call Run.
@@ -217,6 +224,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.WakeInterval <= 0 {
 		cfg.WakeInterval = DefaultWakeInterval
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
 	}
 	if cfg.Rand == nil {
 		cfg.Rand = rand.Float64
@@ -376,14 +386,15 @@ func (m *Manager) Status() Status {
 	return m.status
 }
 
-// Ready returns nil once "default" and "ROOTCA" are served, otherwise
-// why not.
+// Ready returns nil once "default" and "ROOTCA" are served and "default"
+// has not expired, otherwise why not: past its NotAfter, since when and
+// the last renewal error.
 func (m *Manager) Ready() error {
 	snap := m.store.Snapshot()
-	_, haveCert := snap.Get(WorkloadCertName)
+	cert, haveCert := snap.Get(WorkloadCertName)
 	_, haveRoots := snap.Get(RootCertName)
 	if haveCert && haveRoots {
-		return nil
+		return m.expiredError(cert, m.cfg.Clock.Now())
 	}
 	if m.cfg.MountedCertDir != "" {
 		name := WorkloadCertName
@@ -404,8 +415,9 @@ func (m *Manager) Ready() error {
 }
 
 // Run obtains the first certificate and keeps renewing it until ctx ends.
-// It never gives up on a failing CA: it retries with exponential backoff
-// and keeps serving the last good certificate. With MountedCertDir it
+// It never gives up on a failing CA: it retries as RetryWait says (sooner
+// when a Prober sees the CA come back) and keeps the last good
+// certificate, reporting it expired past its NotAfter. With MountedCertDir it
 // reads the files instead and calls no CA. Meanwhile it loads, watches
 // and drops file-backed secrets as SetDemand asks, watches the trust
 // files, drops retiring roots when their overlap ends, and renews at once
@@ -424,7 +436,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			zap.String("cert_chain", filepath.Join(dir, MountedCertChainFile)),
 			zap.String("key", filepath.Join(dir, MountedKeyFile)),
 			zap.String("root_cert", filepath.Join(dir, MountedRootCertFile)))
-		<-ctx.Done()
+		m.watchMountedExpiry(ctx)
 	} else {
 		m.renew(ctx)
 	}
@@ -461,19 +473,18 @@ func (m *Manager) fileLoaded(name string, published bool, err error) {
 
 // renew is the CA renewal loop of Run.
 func (m *Manager) renew(ctx context.Context) {
-	bo := &backoff.ExponentialBackOff{
-		InitialInterval:     m.cfg.RetryInitial,
-		RandomizationFactor: 0.5,
-		Multiplier:          2,
-		MaxInterval:         m.cfg.RetryMax,
-		MaxElapsedTime:      0, // never stop
-		Stop:                backoff.Stop,
-		Clock:               m.cfg.Clock,
-	}
-	bo.Reset()
-
+	policy := RetryPolicy{Initial: m.cfg.RetryInitial, Max: m.cfg.RetryMax}
+	prober, _ := m.cfg.Signer.(Prober)
 	var (
 		renewAt time.Time // zero: issue now
+		// certRenewAt is the renewal time of the current certificate.
+		certRenewAt time.Time
+		// failures counts attempts failed in a row.
+		failures int
+		// lastSent is when the last CSR attempt started.
+		lastSent time.Time
+		// probing: watch the CA's reachability until the next attempt.
+		probing bool
 		// lastTrustRenewal is when a change of the CA root file last
 		// caused a renewal; trustDue marks renewAt as such a renewal.
 		lastTrustRenewal time.Time
@@ -482,21 +493,35 @@ func (m *Manager) renew(ctx context.Context) {
 	for {
 		now := m.cfg.Clock.Now()
 		m.trust.expire(now)
+		certEnd := m.checkExpired(now)
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
+			if !renewAt.IsZero() && m.stillUnreachable(probing, prober, now, lastSent) {
+				// No CSR into a connection known to be down: the probe
+				// goes on, and a CSR goes out the moment it succeeds.
+				renewAt = now.Add(m.retryWait(now, certRenewAt, failures, policy))
+				m.setNextRenewal(renewAt)
+				continue
+			}
 			if trustDue {
 				lastTrustRenewal, trustDue = now, false
 			}
 			sent := now
+			lastSent = now
 			b, err := m.issue(ctx)
 			if ctx.Err() != nil {
 				return
 			}
+			probing = false
 			if err != nil {
-				wait := bo.NextBackOff()
+				failures++
+				now := m.cfg.Clock.Now()
+				wait := m.retryWait(now, certRenewAt, failures, policy)
+				renewAt = now.Add(wait)
+				m.setNextRenewal(renewAt)
 				m.logFailure(err, wait)
-				renewAt = m.cfg.Clock.Now().Add(wait)
+				probing = prober != nil && m.inLastTenth(now) && !prober.Reachable()
 			} else {
-				bo.Reset()
+				failures = 0
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
 				// others by minutes); counting the lifetime from when we
 				// asked keeps a short TTL from renewing at once, forever.
@@ -505,24 +530,43 @@ func (m *Manager) renew(ctx context.Context) {
 					start = sent
 				}
 				renewAt = RenewTime(start, b.Leaf.NotAfter, m.cfg.GraceRatio, m.cfg.GraceJitter, m.cfg.Rand())
+				certRenewAt = renewAt
+				m.setNextRenewal(renewAt)
 			}
-			m.setNextRenewal(renewAt)
 			continue
 		}
 		wakeAt := renewAt
 		if at, ok := m.trust.nextRetirement(); ok && at.Before(wakeAt) {
 			wakeAt = at
 		}
+		if !certEnd.IsZero() && certEnd.Before(wakeAt) {
+			wakeAt = certEnd // to report the expiry at once
+		}
 		wait := wakeAt.Round(0).Sub(now.Round(0))
 		if wait > m.cfg.WakeInterval {
 			wait = m.cfg.WakeInterval
 		}
+		var (
+			reachable <-chan struct{}
+			stopProbe = func() {}
+		)
+		if probing {
+			reachable, stopProbe = probe(ctx, prober)
+		}
+		m.parked.Store(true)
 		t := m.cfg.Clock.NewTimer(wait)
+		expected := now // the least wall-clock time at wake-up
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			stopProbe()
 			return
 		case <-t.C():
+			expected = now.Add(wait)
+		case <-reachable:
+			t.Stop()
+			renewAt = time.Time{}
+			m.log.Info("ca reachable again; renewing the workload certificate now")
 		case <-m.caRootChanged:
 			t.Stop()
 			now := m.cfg.Clock.Now()
@@ -533,6 +577,20 @@ func (m *Manager) renew(ctx context.Context) {
 			}
 			m.log.Info("ca root file changed; renewing the workload certificate",
 				zap.String("file", m.cfg.CARootCertFile), zap.Time("renew_at", renewAt))
+		}
+		m.parked.Store(false)
+		stopProbe()
+		// The timer ran its course on the monotonic clock; a wall clock
+		// behind that was stepped back. Move the next attempt back as
+		// much, so that renewal keeps to its schedule in real time.
+		if back := expected.Round(0).Sub(m.cfg.Clock.Now().Round(0)); back > 0 && !renewAt.IsZero() {
+			renewAt = renewAt.Add(-back)
+			if !certRenewAt.IsZero() {
+				certRenewAt = certRenewAt.Add(-back)
+			}
+			m.setNextRenewal(renewAt)
+			m.log.Warn("wall clock went back; renewal schedule moved back as much",
+				zap.Duration("jump", -back), zap.Time("next_attempt", renewAt))
 		}
 	}
 }
@@ -562,10 +620,16 @@ func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
 	m.status.LastAttempt = start
 	m.mu.Unlock()
 
-	b, key, result, err := m.sign(ctx)
+	actx, release := m.attemptContext(ctx)
+	b, key, result, err := m.sign(actx)
+	timedOut := actx.Err() != nil
+	release()
 	took := m.cfg.Clock.Now().Sub(start)
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
+	}
+	if err != nil && timedOut && result == metrics.ResultCAError {
+		err = fmt.Errorf("no answer within %s: %w", m.cfg.AttemptTimeout, err)
 	}
 	m.cfg.Metrics.ObserveCSR(result, took)
 	if err != nil {
@@ -657,8 +721,10 @@ func (m *Manager) logFailure(err error, retryIn time.Duration) {
 	switch {
 	case !ok:
 		m.log.Error("certificate request failed; no workload certificate to serve yet", fields...)
-	case m.cfg.Clock.Now().After(cur.NotAfter()):
-		m.log.Error("workload certificate expired and renewal failed; still serving the expired certificate", append(fields, zap.Time("serving_not_after", cur.NotAfter()))...)
+	case !m.cfg.Clock.Now().Round(0).Before(cur.NotAfter()):
+		// Its expiry was logged once as an error; /ready and the
+		// expired gauge say the rest.
+		m.log.Debug("certificate renewal failed; workload certificate expired", append(fields, zap.Time("not_after", cur.NotAfter()))...)
 	default:
 		m.log.Warn("certificate renewal failed; serving the previous certificate", append(fields, zap.Time("serving_not_after", cur.NotAfter()))...)
 	}

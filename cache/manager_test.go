@@ -221,11 +221,22 @@ func (h *harness) waitCall() {
 	}
 }
 
-// waitParked waits until the manager sleeps on the clock.
+// waitParked waits until the renewal loop sleeps on the clock (a CSR
+// attempt in flight holds a timer of its own).
 func (h *harness) waitParked() time.Time {
 	h.t.Helper()
-	if !h.clock.WaitForTimers(1, waitLimit) {
-		h.t.Fatal("manager is not waiting on a timer")
+	deadline := time.Now().Add(waitLimit)
+	for {
+		if !h.clock.WaitForTimers(1, waitLimit) {
+			h.t.Fatal("manager is not waiting on a timer")
+		}
+		if h.mgr.parked.Load() {
+			break
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatal("the renewal loop does not park")
+		}
+		time.Sleep(time.Millisecond) // poll: the loop parks without an event to wait on
 	}
 	at, _ := h.clock.NextDeadline()
 	return at

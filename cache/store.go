@@ -88,11 +88,23 @@ func (s *Store) Update(set []*Secret, remove []string) []string {
 		return nil
 	}
 	s.snap = &Snapshot{secrets: next}
+	s.notifyLocked()
+	return changed
+}
+
+// notify wakes subscribers although the content did not change: what may
+// be served from it did (the workload certificate expired).
+func (s *Store) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notifyLocked()
+}
+
+func (s *Store) notifyLocked() {
 	for ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
 		default:
 		}
 	}
-	return changed
 }

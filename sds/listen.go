@@ -25,8 +25,8 @@ const liveProbeTimeout = time.Second
 // left by a previous run. It refuses to remove anything that is not a
 // socket, or a socket on which a live server answers.
 func Listen(path string, mode os.FileMode) (net.Listener, error) {
-	if path == "" {
-		return nil, errors.New("listen: empty socket path")
+	if err := checkSocketPath(path); err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
 	}
 	dir := filepath.Dir(path)
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
@@ -52,6 +52,23 @@ func Listen(path string, mode os.FileMode) (net.Listener, error) {
 		return nil, fmt.Errorf("listen: set socket mode: %w", err)
 	}
 	return lis, nil
+}
+
+// maxSocketPath is the longest Unix socket path Linux accepts: sun_path
+// holds 108 bytes, the last for the terminating NUL.
+const maxSocketPath = 107
+
+// checkSocketPath refuses a path that bind would refuse, before anything
+// is created for it.
+func checkSocketPath(path string) error {
+	switch {
+	case path == "":
+		return errors.New("empty socket path")
+	case len(path) > maxSocketPath:
+		return fmt.Errorf("socket path is %d bytes long, over the Unix limit of %d bytes (108 with the terminating NUL): choose a shorter --socket: %s",
+			len(path), maxSocketPath, path)
+	}
+	return nil
 }
 
 // removeStaleSocket removes the socket file at path unless a server

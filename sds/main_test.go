@@ -104,6 +104,10 @@ type harnessOptions struct {
 	// source, if set, makes the server's source instead of testSource
 	// over the harness's store.
 	source func(*cache.Store) Source
+	// clock is the server's clock; default the real one.
+	clock clock.Clock
+	// limits are the server's limits; zero fields get the defaults.
+	limits Limits
 }
 
 func newHarness(t testing.TB) *harness {
@@ -150,6 +154,8 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 		Source:     src,
 		Logger:     zap.New(zapcore.NewTee(core, jsonCore)),
 		Metrics:    h.metrics,
+		Clock:      opts.clock,
+		Limits:     opts.limits,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

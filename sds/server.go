@@ -2,10 +2,11 @@
 // Service on a Unix domain socket: StreamSecrets (state of the world),
 // DeltaSecrets and FetchSecrets.
 //
-// The protocol (versions, nonces, ACK and NACK handling) is go-control-plane's
-// xDS server; this package feeds it from a Source, keeps per-stream
-// bookkeeping for operators, and fixes the two places where go-control-plane's
-// LinearCache does not fit SDS (see secretCache).
+// The protocol is implemented here, on go-control-plane's generated
+// protos: one goroutine owns each stream's subscriptions, versions and
+// nonces (stream.go), secrets are marshalled once into a versioned table
+// that every stream reads (table.go), and what clients may ask is bounded
+// (limits.go), their log lines included.
 package sds
 
 import (
@@ -18,19 +19,20 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/server/config"
-	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 
 	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/metrics"
+	"github.com/sdsagent/sdsagent/internal/ratelog"
 )
 
 const (
@@ -90,6 +92,11 @@ type Config struct {
 	Logger *zap.Logger
 	// Metrics receives the SDS metrics. Default metrics.New(nil).
 	Metrics *metrics.Metrics
+	// Clock tells the time: when the workload certificate has expired,
+	// and the windows of the log limits. Default the real clock.
+	Clock clock.Clock
+	// Limits bound what clients may ask for; zero fields get defaults.
+	Limits Limits
 }
 
 // StreamInfo describes one open SDS stream, for the debug endpoint.
@@ -119,10 +126,12 @@ type StreamInfo struct {
 // or Serve; only one Serve may run at a time. Streams is safe to call
 // concurrently with everything else.
 type Server struct {
-	cfg    Config
-	log    *zap.Logger
-	xdsLog xdsLogger
-	cache  *secretCache
+	cfg   Config
+	log   *zap.Logger
+	table *table
+
+	// warn and debug write the lines requests cause, within limits.
+	warn, debug *ratelog.Logger
 
 	streamGauge map[string]prometheus.Gauge
 	pushes      map[string]prometheus.Counter
@@ -139,7 +148,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	nextID  int64
-	streams map[streamKey]*streamState
+	streams map[int64]*streamState
 	// wanted counts the open streams that want each name; wantedChanged
 	// says a name came or went since the last updateDemand.
 	wanted        map[string]int
@@ -156,6 +165,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SocketPath == "" {
 		cfg.SocketPath = DefaultSocketPath
 	}
+	if err := checkSocketPath(cfg.SocketPath); err != nil {
+		return nil, fmt.Errorf("new sds server: %w", err)
+	}
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = DefaultSocketMode
 	}
@@ -165,18 +177,27 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(nil)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	limits, err := cfg.Limits.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("new sds server: %w", err)
+	}
+	cfg.Limits = limits
 	logger := cfg.Logger.Named("sds")
-	xdsLog := newXDSLogger(logger)
-	// The prefix makes versions unique per process, so a version Envoy
-	// kept from an earlier agent is never mistaken for one of ours.
-	prefix := "sds-" + rand.Text()[:10] + "-"
+	// The prefix makes versions unique per process and start, so a
+	// version Envoy kept from an earlier agent is never mistaken for one
+	// of ours.
+	prefix := "sds-" + strconv.FormatInt(time.Now().Unix(), 36) + rand.Text()[:8] + "-"
 	s := &Server{
 		cfg:     cfg,
 		log:     logger,
-		xdsLog:  xdsLog,
-		cache:   newSecretCache(prefix, xdsLog),
+		table:   newTable(prefix),
+		warn:    ratelog.NewLogger(logger, zapcore.WarnLevel, ratelog.NewLimiter(cfg.Clock, logBurst, logWindow)),
+		debug:   ratelog.NewLogger(logger, zapcore.DebugLevel, ratelog.NewLimiter(cfg.Clock, logBurst, logWindow)),
 		seen:    map[string]*cache.Secret{},
-		streams: map[streamKey]*streamState{},
+		streams: map[int64]*streamState{},
 		wanted:  map[string]int{},
 		changed: make(chan struct{}),
 		streamGauge: map[string]prometheus.Gauge{
@@ -228,12 +249,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	xds := serverv3.NewServer(ctx, s.cache, callbacks{s},
-		config.DeactivateLegacyWildcard(), // an empty request asks for nothing, never for every secret
-		withXDSLogger(s.xdsLog),
-	)
-	gs := grpc.NewServer(grpc.WaitForHandlers(true))
-	secretv3.RegisterSecretDiscoveryServiceServer(gs, xds)
+	gs := grpc.NewServer(s.grpcOptions()...)
+	gs.RegisterService(s.serviceDesc(), service{s: s, done: ctx.Done()})
+	lis = s.limitHandshakes(lis)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { s.syncLoop(ctx, updates) })
@@ -256,6 +274,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	cancel()
 	s.stop(gs)
 	wg.Wait()
+	s.warn.Flush()
+	s.debug.Flush()
 	s.log.Info("sds stopped")
 	return err
 }
@@ -281,7 +301,7 @@ func (s *Server) stop(gs *grpc.Server) {
 // Versions returns, for each secret being served, the version at which it
 // last changed. A stream whose AckedVersion is at least that version (they
 // are "<prefix><n>" with a growing n) has received it.
-func (s *Server) Versions() map[string]string { return s.cache.versions() }
+func (s *Server) Versions() map[string]string { return s.table.versions() }
 
 // Streams returns the open streams sorted by ID.
 func (s *Server) Streams() []StreamInfo {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -15,13 +16,20 @@ import (
 
 // syncLoop applies the Source's snapshot to the secret cache after every
 // notification until ctx is done.
+// It also writes the summaries of suppressed log lines now and then.
 func (s *Server) syncLoop(ctx context.Context, updates <-chan struct{}) {
+	summary := s.cfg.Clock.NewTimer(summaryEvery)
+	defer func() { summary.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-updates:
 			s.syncSecrets()
+		case <-summary.C():
+			s.warn.Flush()
+			s.debug.Flush()
+			summary = s.cfg.Clock.NewTimer(summaryEvery)
 		}
 	}
 }
@@ -33,7 +41,7 @@ func (s *Server) syncLoop(ctx context.Context, updates <-chan struct{}) {
 // resource is logged and skipped; the one served before stays.
 func (s *Server) syncSecrets() {
 	snap := s.cfg.Source.Snapshot()
-	set := map[string]*tlsv3.Secret{}
+	var set []update
 	for _, name := range snap.Names() {
 		sec, _ := snap.Get(name)
 		if prev, ok := s.seen[name]; ok && prev == sec {
@@ -46,7 +54,7 @@ func (s *Server) syncSecrets() {
 				zap.String("resource", name), zap.Stringer("kind", sec.Kind), zap.Error(err))
 			continue
 		}
-		set[name] = msg
+		set = append(set, update{secret: msg, expires: expiresAt(sec)})
 	}
 	var del []string
 	for name := range s.seen {
@@ -58,11 +66,12 @@ func (s *Server) syncSecrets() {
 	if len(set) == 0 && len(del) == 0 {
 		return
 	}
-	if err := s.cache.apply(set, del); err != nil {
+	if err := s.table.apply(set, del); err != nil {
 		s.log.Error("secrets not applied", zap.Error(err))
 		return
 	}
-	for name := range set {
+	for _, u := range set {
+		name := u.secret.GetName()
 		sec, _ := snap.Get(name)
 		s.log.Info("secret updated", zap.String("resource", name), zap.Stringer("kind", sec.Kind),
 			zap.Time("not_after", sec.NotAfter()), zap.String("source", sec.Source))
@@ -70,6 +79,18 @@ func (s *Server) syncSecrets() {
 	for _, name := range del {
 		s.log.Info("secret removed", zap.String("resource", name))
 	}
+}
+
+// expiresAt returns when sec stops being sent to streams that do not hold
+// it yet: the workload certificate's NotAfter. An expired workload
+// certificate makes every handshake fail, so a new stream or fetch is
+// held as before the first certificate until a valid one is published.
+// Other names do not expire here; zero means never.
+func expiresAt(sec *cache.Secret) time.Time {
+	if sec.Name != cache.WorkloadCertName || sec.Kind != cache.TLSCertificate {
+		return time.Time{}
+	}
+	return sec.NotAfter()
 }
 
 // SPIFFEValidatorName is the name of Envoy's SPIFFE certificate validator

@@ -47,7 +47,7 @@ func (c *Client) dial() (*conn, error) {
 	cn := &conn{}
 	// With TLS, gRPC takes the :authority, and from it SNI, from the
 	// ServerName of the credentials.
-	cc, err := grpc.NewClient(c.cfg.Addr, grpc.WithTransportCredentials(c.transportCredentials(cn)))
+	cc, err := grpc.NewClient(c.cfg.Addr, grpc.WithTransportCredentials(c.transportCredentials(cn)), connectParams())
 	if err != nil {
 		return nil, fmt.Errorf("create ca connection to %s: %w", c.cfg.Addr, err)
 	}
@@ -131,13 +131,18 @@ func loadRoots(path string) (*x509.CertPool, error) {
 
 // acquire returns the channel for a call, replacing the current one if a
 // call on it failed to reach the CA. release must follow.
-func (c *Client) acquire() (*conn, error) {
+func (c *Client) acquire() (*conn, error) { return c.acquireConn(true) }
+
+// acquireConn is acquire; replaceFailing also replaces a channel that is
+// in TRANSIENT_FAILURE (a call does not wait out its reconnect backoff; a
+// probe does).
+func (c *Client) acquireConn(replaceFailing bool) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errors.New("create certificate: ca client is closed")
 	}
-	if c.cur.failed || c.cur.cc.GetState() == connectivity.TransientFailure {
+	if c.cur.failed || (replaceFailing && c.cur.cc.GetState() == connectivity.TransientFailure) {
 		cn, err := c.dial()
 		if err != nil {
 			return nil, err

@@ -201,13 +201,17 @@ const (
 	typeCA        = "CA"
 	statusActive  = "ACTIVE"
 	statusWarming = "WARMING"
+	// statusExpired marks a certificate chain whose leaf is past its
+	// NotAfter: the agent no longer hands it to new streams.
+	statusExpired = "EXPIRED"
 )
 
 // WriteTable writes dump as `istioctl proxy-config secret` does: one row
 // per certificate (a CA bundle gives a row per root; SPIFFE trust bundles
 // a row per distinct root of all their trust domains), with whether now is
 // within its validity, its serial in lowercase hex, and its NotAfter and
-// NotBefore in RFC 3339 UTC.
+// NotBefore in RFC 3339 UTC. A certificate chain whose leaf has expired
+// (at now, or as the agent's error_state says) has the status EXPIRED.
 func WriteTable(w io.Writer, dump *adminv3.SecretsConfigDump, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 5, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE NAME\tTYPE\tSTATUS\tVALID CERT\tSERIAL NUMBER\tNOT AFTER\tNOT BEFORE")
@@ -224,9 +228,14 @@ func WriteTable(w io.Writer, dump *adminv3.SecretsConfigDump, now time.Time) err
 		if err != nil {
 			return fmt.Errorf("secrets table: %q: %w", entry.GetName(), err)
 		}
+		status := statusActive
+		if typ == typeCertChain && len(certs) > 0 &&
+			(strings.HasPrefix(entry.GetErrorState().GetDetails(), ExpiredPrefix) || !now.Before(certs[0].NotAfter)) {
+			status = statusExpired
+		}
 		for _, c := range certs {
 			valid := !now.Before(c.NotBefore) && !now.After(c.NotAfter)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%x\t%s\t%s\n", entry.GetName(), typ, statusActive, valid,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%x\t%s\t%s\n", entry.GetName(), typ, status, valid,
 				c.SerialNumber, c.NotAfter.UTC().Format(time.RFC3339), c.NotBefore.UTC().Format(time.RFC3339))
 		}
 	}

@@ -83,6 +83,9 @@ type Config struct {
 	PeerCheck func() peercred.Stats
 	// Logger receives the server's logs, under the name "debug".
 	Logger *zap.Logger
+	// Now tells the time that decides whether a certificate has expired
+	// (the Manager's clock). Default time.Now.
+	Now func() time.Time
 }
 
 // Server is the HTTP endpoint.
@@ -104,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	return &Server{cfg: cfg, log: cfg.Logger.Named("debug")}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -59,9 +60,36 @@ func (s *Server) secretsDump(snap *cache.Snapshot) (*adminv3.SecretsConfigDump, 
 		if !sec.UpdatedAt.IsZero() {
 			entry.LastUpdated = timestamppb.New(sec.UpdatedAt)
 		}
+		entry.ErrorState = s.expiredState(sec)
 		dump.DynamicActiveSecrets = append(dump.DynamicActiveSecrets, entry)
 	}
 	return dump, nil
+}
+
+// ExpiredPrefix starts the error_state details of a TLS certificate past
+// its NotAfter in /debug/secrets; `sdsagent secrets` then shows the
+// status EXPIRED.
+const ExpiredPrefix = "EXPIRED"
+
+// expiredState returns the error_state of a TLS certificate past its
+// NotAfter: since when and, for the workload certificate, why it was not
+// renewed (the readiness error). Nil for anything else.
+func (s *Server) expiredState(sec *cache.Secret) *adminv3.UpdateFailureState {
+	if sec.Kind != cache.TLSCertificate || len(sec.Certs) == 0 {
+		return nil
+	}
+	now := s.cfg.Now()
+	notAfter := sec.NotAfter()
+	if now.Round(0).Before(notAfter) {
+		return nil
+	}
+	details := fmt.Sprintf("%s since %s", ExpiredPrefix, notAfter.UTC().Format(time.RFC3339))
+	if sec.Name == cache.WorkloadCertName {
+		if err := s.cfg.Ready(); err != nil {
+			details += ": " + err.Error()
+		}
+	}
+	return &adminv3.UpdateFailureState{Details: details, LastUpdateAttempt: timestamppb.New(now)}
 }
 
 // redactedProto converts sec with ToProto without ever handing it the

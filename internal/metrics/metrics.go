@@ -44,6 +44,12 @@ type Metrics struct {
 	// SDSConnectionsRefused counts socket connections closed by the
 	// --allowed-uids/--allowed-gids check.
 	SDSConnectionsRefused prometheus.Counter
+	// WorkloadCertExpired is 1 while the workload certificate ("default")
+	// is past its NotAfter, else 0.
+	WorkloadCertExpired prometheus.Gauge
+	// LimitRejections counts requests, streams, connections and names
+	// refused by a limit, by limit.
+	LimitRejections *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them, together with the Go and
@@ -92,12 +98,22 @@ func New(reg prometheus.Registerer) *Metrics {
 			Namespace: Namespace, Name: "sds_connections_refused_total",
 			Help: "SDS socket connections closed unread because the caller's uid and gid are not allowed (--allowed-uids, --allowed-gids).",
 		}),
+		WorkloadCertExpired: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "workload_cert_expired",
+			Help: "1 while the workload certificate (default) is past its NotAfter and nothing valid replaced it, else 0.",
+		}),
+		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "limit_rejections_total",
+			Help: "Requests, streams, connections and resource names refused by a limit, by limit (names_per_request, name_bytes, streams_per_connection, streams, message_bytes, handshake_timeout, watched_files).",
+		}, []string{"limit"}),
 	}
 	if reg != nil {
+		reg.MustRegister(m.WorkloadCertExpired)
 		reg.MustRegister(
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
 			m.SDSConnectionsRefused,
+			m.LimitRejections,
 			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		)

@@ -9,11 +9,14 @@ import (
 	"github.com/sdsagent/sdsagent/internal/clock"
 )
 
-// Fake is a clock.Clock whose time only moves when Advance or Set is
-// called. Timers whose deadline is reached fire during that call.
+// Fake is a clock.Clock whose time only moves when Advance, Set or Jump
+// is called. Timers whose deadline is reached fire during that call.
 type Fake struct {
-	mu      sync.Mutex
-	now     time.Time
+	mu  sync.Mutex
+	now time.Time
+	// skew is what Jump added to the wall clock: Now returns now+skew,
+	// while timers, like Go's monotonic ones, count from now.
+	skew    time.Duration
 	timers  []*fakeTimer
 	changed chan struct{} // closed and replaced whenever timers change
 }
@@ -25,11 +28,11 @@ func New(now time.Time) *Fake {
 	return &Fake{now: now, changed: make(chan struct{})}
 }
 
-// Now returns the fake time.
+// Now returns the fake wall-clock time.
 func (f *Fake) Now() time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.now
+	return f.now.Add(f.skew)
 }
 
 // NewTimer returns a timer that fires when the fake time reaches now+d.
@@ -38,7 +41,7 @@ func (f *Fake) NewTimer(d time.Duration) clock.Timer {
 	defer f.mu.Unlock()
 	t := &fakeTimer{f: f, at: f.now.Add(d), c: make(chan time.Time, 1)}
 	if d <= 0 {
-		t.c <- f.now
+		t.c <- f.now.Add(f.skew)
 		return t
 	}
 	f.timers = append(f.timers, t)
@@ -57,7 +60,18 @@ func (f *Fake) Advance(d time.Duration) {
 func (f *Fake) Set(t time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.setLocked(t)
+	f.setLocked(t.Add(-f.skew))
+}
+
+// Jump moves the wall clock by d (forward or backward) without moving
+// timers, as when a host's clock is stepped: a timer still fires once its
+// duration has passed (Advance), whatever the wall clock says. Now
+// returns the stepped time from then on.
+func (f *Fake) Jump(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.skew += d
+	f.notifyLocked()
 }
 
 func (f *Fake) setLocked(t time.Time) {
@@ -69,7 +83,7 @@ func (f *Fake) setLocked(t time.Time) {
 			kept = append(kept, tm)
 			continue
 		}
-		tm.c <- t
+		tm.c <- t.Add(f.skew)
 	}
 	f.timers = kept
 	f.notifyLocked()
@@ -82,8 +96,8 @@ func (f *Fake) Timers() int {
 	return len(f.timers)
 }
 
-// NextDeadline returns the earliest pending timer deadline, and false if
-// there is none.
+// NextDeadline returns the earliest pending timer deadline, on the wall
+// clock, and false if there is none.
 func (f *Fake) NextDeadline() (time.Time, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -96,7 +110,7 @@ func (f *Fake) NextDeadline() (time.Time, bool) {
 			next = t.at
 		}
 	}
-	return next, true
+	return next.Add(f.skew), true
 }
 
 // WaitForTimers blocks until at least n timers are pending or the

@@ -1,0 +1,280 @@
+package sds
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sdsagent/sdsagent/sds/sdstest"
+)
+
+// checkLimitError fails unless err is ResourceExhausted naming flag.
+func checkLimitError(t *testing.T, err error, flag string, more ...string) {
+	t.Helper()
+	msg := status.Convert(err).Message()
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(msg, flag) {
+		t.Fatalf("error = %v, want ResourceExhausted naming %s", err, flag)
+	}
+	for _, m := range more {
+		if !strings.Contains(msg, m) {
+			t.Errorf("error %q does not say %q", msg, m)
+		}
+	}
+}
+
+func (h *harness) rejections(limit string) float64 {
+	return testutil.ToFloat64(h.metrics.LimitRejections.WithLabelValues(limit))
+}
+
+func manyNames(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("name-%d", i)
+	}
+	return out
+}
+
+func TestNameLimits(t *testing.T) {
+	tests := []struct {
+		name  string
+		names []string
+		limit string
+		flag  string
+		say   []string
+	}{
+		{name: "names per request", names: manyNames(DefaultMaxNamesPerRequest + 1), limit: limitNames, flag: "--sds-max-names-per-request", say: []string{"101", "100"}},
+		{name: "name length", names: []string{def, strings.Repeat("x", DefaultMaxNameBytes+1)}, limit: limitNameBytes, flag: "--sds-max-name-bytes", say: []string{"4097", "4096"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.publishAll()
+			ctx := h.ctx()
+			st := h.openStream()
+			if err := st.Request(tt.names...); err != nil {
+				t.Fatal(err)
+			}
+			_, err := st.Recv(ctx)
+			checkLimitError(t, err, tt.flag, tt.say...)
+
+			d := h.openDelta()
+			if err := d.Subscribe(tt.names...); err != nil {
+				t.Fatal(err)
+			}
+			_, err = d.Recv(ctx)
+			checkLimitError(t, err, tt.flag, tt.say...)
+
+			_, err = sdstest.Fetch(ctx, h.conn, tt.names)
+			checkLimitError(t, err, tt.flag, tt.say...)
+			if got := h.rejections(tt.limit); got != 3 {
+				t.Errorf("rejections{limit=%s} = %v, want 3", tt.limit, got)
+			}
+		})
+	}
+	t.Run("delta subscriptions add up", func(t *testing.T) {
+		h := newHarness(t)
+		d := h.openDelta()
+		names := manyNames(DefaultMaxNamesPerRequest)
+		if err := d.Subscribe(names[:60]...); err != nil {
+			t.Fatal(err)
+		}
+		h.oneStream("first subscribe", func(s StreamInfo) bool { return len(s.Names) == 60 })
+		if err := d.Subscribe(append(names[30:], "one-more")...); err != nil {
+			t.Fatal(err)
+		}
+		// The unknown names are answered as removed; then the error.
+		var err error
+		for err == nil {
+			_, err = d.Recv(h.ctx())
+		}
+		checkLimitError(t, err, "--sds-max-names-per-request", "101")
+	})
+}
+
+func TestStreamLimits(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxStreamsPerConn: 2, MaxStreams: 3}})
+	h.publishAll()
+	ctx := h.ctx()
+	serve := func(st *sdstest.Stream) {
+		t.Helper()
+		if err := st.Request(def); err != nil {
+			t.Fatal(err)
+		}
+		h.recv(st)
+	}
+	serve(h.openStream())
+	serve(h.openStream())
+	third := h.openStream()
+	if err := third.Request(def); err != nil {
+		t.Fatal(err)
+	}
+	_, err := third.Recv(ctx)
+	checkLimitError(t, err, "--sds-max-streams-per-connection", "2")
+	if got := h.rejections(limitStreamsPerConn); got != 1 {
+		t.Errorf("rejections{streams_per_connection} = %v, want 1", got)
+	}
+
+	// Another connection may open streams until the total is reached.
+	conn2, err := sdstest.Dial(ctx, h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	st, err := sdstest.OpenStream(ctx, conn2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	serve(st)
+	d, err := sdstest.OpenDeltaStream(ctx, conn2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.Subscribe(def); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Recv(ctx)
+	checkLimitError(t, err, "--sds-max-streams", "3")
+	if got := h.rejections(limitStreams); got != 1 {
+		t.Errorf("rejections{streams} = %v, want 1", got)
+	}
+	// Fetches still work on a full connection.
+	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {
+		t.Fatalf("Fetch on a connection at its stream limit: %v", err)
+	}
+	// A closed stream makes room.
+	st.Close()
+	h.waitStreams("a stream closed", func(s []StreamInfo) bool { return len(s) == 2 })
+	again, err := sdstest.OpenStream(ctx, conn2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	serve(again)
+}
+
+func TestMessageSizeLimit(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxMessageBytes: 2048}})
+	h.publishAll()
+	ctx := h.ctx()
+	meta, err := structpb.NewStruct(map[string]any{"padding": strings.Repeat("p", 4096)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := &corev3.Node{Id: sdstest.DefaultNodeID, Metadata: meta}
+
+	// gRPC itself refuses the message and writes the status before any
+	// handler runs, so the client's message says the limit in bytes;
+	// the agent's log line names the flag.
+	checkSize := func(err error) {
+		t.Helper()
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "2048") {
+			t.Fatalf("error = %v, want ResourceExhausted naming the 2048-byte limit", err)
+		}
+	}
+	st := h.openStream()
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: big, ResourceNames: []string{def}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Recv(ctx)
+	checkSize(err)
+	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(big))
+	checkSize(err)
+	deadline := time.Now().Add(waitFor)
+	for h.rejections(limitMessageBytes) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("rejections{message_bytes} = %v, want 2", h.rejections(limitMessageBytes))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	logged := h.logs.FilterMessage("request refused by a limit").All()
+	if len(logged) == 0 || !strings.Contains(logged[0].ContextMap()["error"].(string), "--sds-max-message-bytes") {
+		t.Fatalf("limit log lines = %v, want one naming --sds-max-message-bytes", logged)
+	}
+	// A request under the limit on the same connection is served.
+	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHalfOpenConnectionClosed: a connection that never sends its HTTP/2
+// preface is closed after the handshake timeout (gRPC's default holds it
+// for 120 s).
+func TestHalfOpenConnectionClosed(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{HandshakeTimeout: 200 * time.Millisecond}})
+	conn, err := net.Dial("unix", h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The read ends when the server closes the connection; the deadline
+	// only bounds a failing test.
+	if err := conn.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("connection not closed by the server: %v", err)
+	}
+	deadline := time.Now().Add(waitFor)
+	for h.rejections(limitHandshake) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("rejections{handshake_timeout} = %v, want 1", h.rejections(limitHandshake))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Clients that speak HTTP/2 are unaffected.
+	h.publishAll()
+	if _, err := sdstest.Fetch(h.ctx(), h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSocketPathTooLong(t *testing.T) {
+	dir := filepath.Join(shortDir(t), "a-directory-that-must-not-be-created")
+	path := filepath.Join(dir, strings.Repeat("s", 120-len(dir)-1))
+	if len(path) != 120 {
+		t.Fatalf("test path is %d bytes", len(path))
+	}
+	for name, err := range map[string]error{
+		"Listen": func() error { lis, err := Listen(path, 0o600); closeIf(lis); return err }(),
+		"New":    func() error { _, err := New(Config{SocketPath: path, Source: testSource{}}); return err }(),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "120 bytes") || !strings.Contains(err.Error(), "107") {
+			t.Errorf("%s = %v, want an error naming the length 120 and the limit 107", name, err)
+		}
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the socket's directory was created: %v", err)
+	}
+	// 107 bytes is the longest path that works.
+	ok := filepath.Join(shortDir(t), "d")
+	ok = filepath.Join(ok, strings.Repeat("s", maxSocketPath-len(ok)-1))
+	lis, err := Listen(ok, 0o600)
+	if err != nil {
+		t.Fatalf("Listen(%d bytes) = %v", len(ok), err)
+	}
+	_ = lis.Close()
+}
+
+func closeIf(lis net.Listener) {
+	if lis != nil {
+		_ = lis.Close()
+	}
+}
