@@ -7,7 +7,7 @@ LDFLAGS   := -s -w -X main.version=$(VERSION)
 CA_LISTEN ?= 127.0.0.1:15012
 HTTP_ADDR ?= 127.0.0.1:15020
 
-.PHONY: all build run test test-short bench lint fmt tidy clean
+.PHONY: all build run test test-short bench fleetsim lint fmt tidy clean
 
 all: lint test build
 
@@ -26,6 +26,11 @@ test-short:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/pki/ ./sds/ ./cache/
 	$(GO) run ./cmd/sdsbench -agent $(BIN)
+
+# Fleet simulation (cmd/fleetsim): CSVs and PNGs into FLEETSIM_OUT, summary and targets on stdout.
+FLEETSIM_OUT ?= bin/fleetsim
+fleetsim:
+	$(GO) run ./cmd/fleetsim -out $(FLEETSIM_OUT)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -20,7 +20,7 @@ var policyColors = map[string]color.Color{
 
 // plotScenario draws one PNG per scenario: CSRs offered per second by
 // each policy (with the CA's capacity) and, below, agents not ready.
-// Steady rotation shows the whole run in 1-minute means; the others a
+// Steady rotation shows the whole run in 10-minute means; the others a
 // window around the disturbance, in minutes from its end (from its
 // start for a restart wave).
 func plotScenario(path string, sc Scenario, rs []result) error {
@@ -55,7 +55,8 @@ func plotScenario(path string, sc Scenario, rs []result) error {
 	}
 	step := 1
 	if sc.Window.To == 0 {
-		step = 60 // 1-minute means over 72 h
+		step = 600 // 10-minute means over the run
+		top.Y.Min = 0
 	}
 	for _, r := range rs {
 		off := make(plotter.XYs, 0, (to-from)/step+1)
@@ -90,6 +91,12 @@ func plotScenario(path string, sc Scenario, rs []result) error {
 		capLine.Color = color.Gray{Y: 0x60}
 		top.Add(capLine)
 		top.Legend.Add(fmt.Sprintf("CA capacity %.0f/s", sc.Capacity), capLine)
+	}
+	if sc.Window.To == 0 { // nothing is ever not ready: one panel
+		top.X.Label.Text = "hours (10-minute means)"
+		img := vgimg.New(vg.Points(720), vg.Points(300))
+		top.Draw(draw.New(img))
+		return savePNG(path, img)
 	}
 	img := vgimg.New(vg.Points(720), vg.Points(560))
 	dc := draw.New(img)

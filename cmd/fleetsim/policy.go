@@ -71,8 +71,7 @@ func (o *Ours) Failed(s *Sim, a *Agent, now int64) int64 {
 	// The Manager probes when the certificate is in its last tenth and
 	// the connection is down; the reconnect loop then succeeds at a
 	// random point of its last backoff interval after the CA is back.
-	a.Probing = a.HasCert && !s.CA.Up(now) &&
-		cache.InLastTenth(wall(now), wall(a.NotBefore), wall(a.NotAfter))
+	a.Probing = a.HasCert && !s.CA.Up(now) && cache.InLastTenth(wall(now), a.wallNB, a.wallNA)
 	if a.Probing {
 		interval := float64(reconnectMax.Milliseconds()) * (0.8 + 0.4*a.rng.Float64()) / 1.2
 		a.ProbeAt = s.CA.upAgain(now) + int64(a.rng.Float64()*interval)
@@ -83,11 +82,8 @@ func (o *Ours) Failed(s *Sim, a *Agent, now int64) int64 {
 
 // wait is cache.RetryWait for the agent's current certificate.
 func (o *Ours) wait(a *Agent, now int64) int64 {
-	var nb, na, renewAt time.Time
-	if a.HasCert {
-		nb, na, renewAt = wall(a.NotBefore), wall(a.NotAfter), wall(a.RenewAt)
-	}
-	return msOf(cache.RetryWait(wall(now), nb, na, renewAt, int(a.Failures), o.Retry, a.rng.Float64()))
+	// a.wall* are zero without a certificate, as RetryWait wants.
+	return msOf(cache.RetryWait(wall(now), a.wallNB, a.wallNA, a.wallRenew, int(a.Failures), o.Retry, a.rng.Float64()))
 }
 
 // Istio models istio-agent (pilot-agent) with its defaults, from its

@@ -25,8 +25,10 @@ type result struct {
 	CatchUp time.Duration
 	// MaxNotReady is the most agents not ready at once.
 	MaxNotReady int32
-	Runtime     time.Duration
-	Events      int64
+	// Runtime and CPU are the run's wall and CPU time (CSV and plot
+	// excluded).
+	Runtime, CPU time.Duration
+	Events       int64
 }
 
 func summarize(sc Scenario, s *Sim, took time.Duration) result {
@@ -62,9 +64,9 @@ func summarize(sc Scenario, s *Sim, took time.Duration) result {
 }
 
 func printTable(w io.Writer, rs []result) {
-	fmt.Fprintf(w, "\n%-14s %-9s %9s %9s %9s %10s %10s %10s %8s %9s %9s %8s %8s\n",
+	fmt.Fprintf(w, "\n%-14s %-9s %9s %9s %9s %10s %10s %10s %8s %9s %9s %7s %7s %7s\n",
 		"scenario", "policy", "mean/s", "peak1m/s", "peak/s", "rejected", "refused", "probes",
-		"expired", "notready", "catchup", "run_s", "events")
+		"expired", "notready", "catchup", "wall_s", "cpu_s", "events")
 	for _, r := range rs {
 		cu := "-"
 		if r.CatchUp >= 0 {
@@ -74,15 +76,16 @@ func printTable(w io.Writer, rs []result) {
 		if r.Scenario.Window.To > 0 {
 			peak = fmt.Sprint(r.PeakAfter)
 		}
-		fmt.Fprintf(w, "%-14s %-9s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %9s %8.1f %7.0fM\n",
+		fmt.Fprintf(w, "%-14s %-9s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %9s %7.1f %7.1f %6.0fM\n",
 			r.Scenario.Name, r.Policy, r.MeanOffered, r.PeakMinute, peak, r.T.Rejected, r.T.Refused, r.T.Probes,
-			r.T.ExpiredAgents, r.MaxNotReady, cu, r.Runtime.Seconds(), float64(r.Events)/1e6)
+			r.T.ExpiredAgents, r.MaxNotReady, cu, r.Runtime.Seconds(), r.CPU.Seconds(), float64(r.Events)/1e6)
 	}
 	fmt.Fprintln(w, "\nmean/s: CSRs offered per second over the run; peak1m/s: highest 1-minute mean; peak/s: most CSRs offered")
 	fmt.Fprintln(w, "in one second after the outage (from the start of a restart wave); rejected: CSRs failed at the CA's")
 	fmt.Fprintln(w, "deadline; refused: CSR attempts while the CA was down; probes: successful connection checks (no CSR);")
 	fmt.Fprintln(w, "expired: certificates that reached NotAfter before renewal; notready: most agents without a valid")
-	fmt.Fprintln(w, "certificate at once; catchup: from the end of the disturbance to the last delayed agent renewed.")
+	fmt.Fprintln(w, "certificate at once; catchup: from the end of the disturbance to the last delayed agent renewed;")
+	fmt.Fprintln(w, "wall_s, cpu_s: the run's wall and CPU time (one thread), events: agent events simulated.")
 }
 
 // catchUpTarget is the stated time within which the whole fleet is
@@ -126,12 +129,15 @@ func printTargets(w io.Writer, rs []result) bool {
 				r.CatchUp.Round(time.Second))
 		}
 	}
-	var slow time.Duration
+	var slow result
 	for _, r := range rs {
-		slow = max(slow, r.Runtime)
+		if r.CPU > slow.CPU {
+			slow = r
+		}
 	}
-	check("every run (one scenario, one policy) under 60s", slow < time.Minute,
-		fmt.Sprintf("slowest %.1fs (wall time on a shared machine)", slow.Seconds()))
+	check("every run (one scenario, one policy) under 60s of CPU", slow.CPU < time.Minute,
+		fmt.Sprintf("slowest %s/%s: %.1fs CPU, %.1fs wall on a shared machine", slow.Scenario.Name, slow.Policy,
+			slow.CPU.Seconds(), slow.Runtime.Seconds()))
 	return ok
 }
 

@@ -61,6 +61,10 @@ type Agent struct {
 	Probing bool
 	ProbeAt int64
 
+	// wallNB, wallNA, wallRenew are NotBefore, NotAfter and RenewAt as
+	// time.Time, converted once per certificate for the cache calls.
+	wallNB, wallNA, wallRenew time.Time
+
 	gen          uint32 // bumped on restart: older events are stale
 	notReadyFrom int64  // -1 while ready
 	rng          *rand.Rand
@@ -159,7 +163,7 @@ type Series struct {
 type Totals struct {
 	Offered, Accepted, Rejected, Refused, Probes int64
 	// ExpiredAgents counts certificates that reached NotAfter before being
-	// replaced; InFlight the CSRs still queued at the end.
+	// replaced; InFlight the CSRs accepted but not yet signed at the end.
 	ExpiredAgents, InFlight int64
 	// CatchUp is the time of the last catch-up issuance (see Sim.Window);
 	// 0 if none.
@@ -184,6 +188,7 @@ type Sim struct {
 	Window Outage
 
 	now            int64
+	restarts       bool // a restart wave is scheduled
 	ring           [ringSize][]entry
 	used           [ringSize / 64]uint64 // bit set: ring bucket not empty
 	nRing          int
@@ -246,9 +251,18 @@ func NewSim(p Policy, ca *CA, n int, ttl, duration time.Duration, seed uint64) *
 		a.NotAfter += shift
 		a.RenewAt += shift
 		a.Sent += shift
+		a.syncWall()
 		s.schedule(int32(i), next+shift, evWake)
 	}
 	return s
+}
+
+func (a *Agent) syncWall() {
+	if !a.HasCert {
+		a.wallNB, a.wallNA, a.wallRenew = time.Time{}, time.Time{}, time.Time{}
+		return
+	}
+	a.wallNB, a.wallNA, a.wallRenew = wall(a.NotBefore), wall(a.NotAfter), wall(a.RenewAt)
 }
 
 // Rand is the agent's own random source.
@@ -258,6 +272,7 @@ func (a *Agent) Rand() *rand.Rand { return a.rng }
 // [from, from+within).
 func (s *Sim) ScheduleRestarts(from, within int64, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 7))
+	s.restarts = true
 	for i := range s.Agents {
 		t := from + int64(r.Float64()*float64(within))
 		heap.Push(&s.far, farEvent{t, entry{id: int32(i), kind: evRestart}})
@@ -357,10 +372,38 @@ func (s *Sim) handle(id int32, kind uint8) {
 		s.schedule(id, next, evWake)
 	case evOK:
 		s.issued(a, now)
-		s.schedule(id, s.Policy.Issued(s, a, now), evWake)
+		next := s.Policy.Issued(s, a, now)
+		a.syncWall()
+		s.schedule(id, next, evWake)
 	case evFail:
-		s.schedule(id, s.Policy.Failed(s, a, now), evWake)
+		s.schedule(id, s.whileDown(a, s.Policy.Failed(s, a, now)), evWake)
 	}
+}
+
+// whileDown plays agent a's attempts from next on for as long as the CA
+// is down, without the scheduler, and returns the first wake-up at which
+// the CA is up. While the CA is down every CSR is refused and agents do
+// not interact, so one agent's timeline can run ahead of the others':
+// this is exact, and it makes long outages cheap to simulate. Restart
+// waves move agents from outside, so runs with them take the slow path.
+func (s *Sim) whileDown(a *Agent, next int64) int64 {
+	if s.restarts {
+		return next
+	}
+	for next < s.End && !s.CA.Up(next) {
+		t := next
+		s.Events++
+		send, n := s.Policy.Wake(s, a, t)
+		if !send {
+			next = max(n, t)
+			continue
+		}
+		a.Sent = t
+		s.S.Refused[t/1000]++
+		s.T.Refused++
+		next = s.Policy.Failed(s, a, t+1) // as send: refused at t, seen at t+1
+	}
+	return next
 }
 
 // send makes agent id send a CSR at now.
@@ -430,6 +473,7 @@ func (s *Sim) restart(id int32) {
 	}
 	a.HasCert, a.NotBefore, a.NotAfter, a.RenewAt = false, 0, 0, 0
 	a.Failures, a.Burst, a.Probing = 0, 0, false
+	a.syncWall()
 	s.schedule(id, s.Policy.Started(s, a, now), evWake)
 }
 
@@ -460,8 +504,19 @@ func (s *Sim) finish() {
 	}
 	s.S.NotReady = prefix(s.nrDiff, len(s.S.Offered))
 	s.S.Expired = prefix(s.exDiff, len(s.S.Offered))
-	// CSRs still queued at the end: offered but neither answered.
-	s.T.InFlight = s.T.Offered - s.T.Accepted - s.T.Rejected
+	// CSRs the CA accepted but had not answered by the end.
+	for i := range s.ring {
+		for _, e := range s.ring[i] {
+			if e.kind == evOK {
+				s.T.InFlight++
+			}
+		}
+	}
+	for _, fe := range s.far {
+		if fe.e.kind == evOK {
+			s.T.InFlight++
+		}
+	}
 }
 
 func prefix(diff []int32, n int) []int32 {
