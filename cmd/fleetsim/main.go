@@ -58,6 +58,7 @@ func run(args []string) int {
 	seed := fs.Uint64("seed", 1, "random seed")
 	scen := fs.String("scenarios", "all", "comma-separated scenarios: "+strings.Join(scenarioNames(), ","))
 	noCSV := fs.Bool("no-csv", false, "write no CSV files")
+	proposal := fs.Bool("proposal", false, "also run the retry policy this simulation proposes (proposal.go; not the agent's code)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -80,7 +81,7 @@ func run(args []string) int {
 	var results []result
 	for _, sc := range scenarios {
 		var runs []result
-		for _, p := range policies() {
+		for _, p := range policies(*proposal) {
 			ca := &CA{Capacity: sc.Capacity, Deadline: deadline.Milliseconds(), Outages: sc.Outages}
 			start, cpu0 := time.Now(), cpuTime()
 			s := NewSim(p, ca, *n, *ttl, dur, *seed)
@@ -123,4 +124,10 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func policies() []Policy { return []Policy{NewOurs(), Istio{}, Spire{}} }
+func policies(proposal bool) []Policy {
+	ps := []Policy{NewOurs(), Istio{}, Spire{}}
+	if proposal {
+		ps = append(ps, NewProposal())
+	}
+	return ps
+}

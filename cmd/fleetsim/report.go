@@ -23,8 +23,11 @@ type result struct {
 	// CatchUp is how long after the disturbance ended the last agent it
 	// delayed got its certificate (-1: none was delayed).
 	CatchUp time.Duration
-	// MaxNotReady is the most agents not ready at once.
+	// MaxNotReady is the most agents not ready at once; ReadyAfter how
+	// long after the disturbance ended every agent was ready again (-1:
+	// none was ever not ready after it, or never again).
 	MaxNotReady int32
+	ReadyAfter  time.Duration
 	// Runtime and CPU are the run's wall and CPU time (CSV and plot
 	// excluded).
 	Runtime, CPU time.Duration
@@ -60,31 +63,46 @@ func summarize(sc Scenario, s *Sim, took time.Duration) result {
 	for _, v := range s.S.NotReady {
 		r.MaxNotReady = max(r.MaxNotReady, v)
 	}
+	r.ReadyAfter = -1
+	if end := sc.Window.To / 1000; end > 0 {
+		for i := end; i < int64(len(s.S.NotReady)); i++ {
+			if s.S.NotReady[i] == 0 {
+				if i > end || s.S.NotReady[end-1] > 0 {
+					r.ReadyAfter = time.Duration(i-end) * time.Second
+				}
+				break
+			}
+		}
+	}
 	return r
 }
 
 func printTable(w io.Writer, rs []result) {
-	fmt.Fprintf(w, "\n%-14s %-9s %9s %9s %9s %10s %10s %10s %8s %9s %9s %7s %7s %7s\n",
+	fmt.Fprintf(w, "\n%-14s %-9s %9s %9s %9s %10s %10s %10s %8s %9s %7s %9s %7s %7s %7s\n",
 		"scenario", "policy", "mean/s", "peak1m/s", "peak/s", "rejected", "refused", "probes",
-		"expired", "notready", "catchup", "wall_s", "cpu_s", "events")
+		"expired", "notready", "ready", "catchup", "wall_s", "cpu_s", "events")
 	for _, r := range rs {
 		cu := "-"
 		if r.CatchUp >= 0 {
 			cu = r.CatchUp.Round(time.Second).String()
 		}
+		ready := "-"
+		if r.ReadyAfter >= 0 {
+			ready = r.ReadyAfter.String()
+		}
 		peak := "-"
 		if r.Scenario.Window.To > 0 {
 			peak = fmt.Sprint(r.PeakAfter)
 		}
-		fmt.Fprintf(w, "%-14s %-9s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %9s %7.1f %7.1f %6.0fM\n",
+		fmt.Fprintf(w, "%-14s %-9s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %7s %9s %7.1f %7.1f %6.0fM\n",
 			r.Scenario.Name, r.Policy, r.MeanOffered, r.PeakMinute, peak, r.T.Rejected, r.T.Refused, r.T.Probes,
-			r.T.ExpiredAgents, r.MaxNotReady, cu, r.Runtime.Seconds(), r.CPU.Seconds(), float64(r.Events)/1e6)
+			r.T.ExpiredAgents, r.MaxNotReady, ready, cu, r.Runtime.Seconds(), r.CPU.Seconds(), float64(r.Events)/1e6)
 	}
 	fmt.Fprintln(w, "\nmean/s: CSRs offered per second over the run; peak1m/s: highest 1-minute mean; peak/s: most CSRs offered")
 	fmt.Fprintln(w, "in one second after the outage (from the start of a restart wave); rejected: CSRs failed at the CA's")
 	fmt.Fprintln(w, "deadline; refused: CSR attempts while the CA was down; probes: successful connection checks (no CSR);")
 	fmt.Fprintln(w, "expired: certificates that reached NotAfter before renewal; notready: most agents without a valid")
-	fmt.Fprintln(w, "certificate at once; catchup: from the end of the disturbance to the last delayed agent renewed;")
+	fmt.Fprintln(w, "certificate at once; ready: from the end of the disturbance until every agent is ready; catchup: from the end of the disturbance to the last delayed agent renewed;")
 	fmt.Fprintln(w, "wall_s, cpu_s: the run's wall and CPU time (one thread), events: agent events simulated.")
 }
 

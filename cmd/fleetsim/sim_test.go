@@ -57,7 +57,7 @@ func sum(xs []int32) int64 {
 }
 
 func TestConservation(t *testing.T) {
-	for _, p := range policies() {
+	for _, p := range policies(true) {
 		t.Run(p.Name(), func(t *testing.T) {
 			s, sc := smallRun(t, p, 3000)
 			if s.T.Offered == 0 || s.T.Refused == 0 {
