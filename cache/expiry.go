@@ -27,6 +27,11 @@ type Prober interface {
 	WaitReachable(ctx context.Context) error
 }
 
+// clockStepTolerance is how far the wall clock may fall behind a timer
+// before the loop takes it for a step back: NTP slews at most 500 ppm,
+// 30 ms over the longest wake interval.
+const clockStepTolerance = time.Second
+
 // DefaultAttemptTimeout bounds one CSR attempt on the Manager's clock,
 // whatever the Signer does with its context: a CA that accepts a call and
 // never answers must not stop renewals.
@@ -179,6 +184,17 @@ func (m *Manager) retryWait(now, certRenewAt time.Time, failures int, p RetryPol
 func (m *Manager) inLastTenth(now time.Time) bool {
 	cur, ok := m.workload()
 	return ok && InLastTenth(now, cur.Certs[0].NotBefore, cur.NotAfter())
+}
+
+// lastTenthAt returns when the workload certificate enters the last tenth
+// of its life.
+func (m *Manager) lastTenthAt() (time.Time, bool) {
+	cur, ok := m.workload()
+	if !ok {
+		return time.Time{}, false
+	}
+	nb, na := cur.Certs[0].NotBefore.Round(0), cur.NotAfter().Round(0)
+	return na.Add(-na.Sub(nb) / retryShareOfLeft), true
 }
 
 // stillUnreachable reports whether an attempt due at now is skipped

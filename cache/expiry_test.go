@@ -128,7 +128,12 @@ func TestMountedCertExpiryIsAState(t *testing.T) {
 	h.waitServing(WorkloadCertName, l)
 	h.eventually("ready", func() bool { return h.mgr.Ready() == nil })
 	clk.Set(l.Cert.NotAfter.Add(time.Second))
-	h.eventually("the expired gauge", func() bool { return testutil.ToFloat64(h.metrics.WorkloadCertExpired) == 1 })
+	// The watcher may have read the clock just before Set and armed its
+	// timer just after: move on until it fires.
+	h.eventually("the expired gauge", func() bool {
+		clk.Advance(time.Second)
+		return testutil.ToFloat64(h.metrics.WorkloadCertExpired) == 1
+	})
 	err := h.mgr.Ready()
 	if err == nil || !strings.Contains(err.Error(), "expired at") || !strings.Contains(err.Error(), dir) {
 		t.Fatalf("Ready = %v, want expired, naming the directory", err)
@@ -199,7 +204,11 @@ func TestManagerRenewsAsSoonAsProberSeesTheCA(t *testing.T) {
 	h.clock.Set(cert.NotAfter().Add(-lifetime / 20))
 	h.waitCall()
 	h.waitParked()
-	<-p.waiting
+	select {
+	case <-p.waiting:
+	case <-time.After(waitLimit):
+		t.Fatal("the CA is unreachable in the last tenth, yet it is not probed")
+	}
 	if wait := h.mgr.Status().NextRenewal.Sub(h.clock.Now()); wait < 10*time.Second {
 		t.Fatalf("next attempt in %s; want a long wait for this test", wait)
 	}

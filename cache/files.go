@@ -40,7 +40,9 @@ type fileRegistry struct {
 	graceRatio   float64
 	wakeInterval time.Duration
 	systemRoots  []string
-	watch        filewatch.Config
+	// maxFiles bounds the distinct files of the names streams want.
+	maxFiles int
+	watch    filewatch.Config
 	// loaded is told the outcome of every load that changed something:
 	// whether a new secret was published, or why the files were refused.
 	loaded func(name string, published bool, err error)
@@ -101,6 +103,7 @@ type fileRegistryConfig struct {
 	graceRatio   float64
 	wakeInterval time.Duration
 	systemRoots  []string
+	maxFiles     int
 	watch        filewatch.Config
 	loaded       func(name string, published bool, err error)
 }
@@ -114,6 +117,7 @@ func newFileRegistry(cfg fileRegistryConfig) *fileRegistry {
 		graceRatio:   cfg.graceRatio,
 		wakeInterval: cfg.wakeInterval,
 		systemRoots:  cfg.systemRoots,
+		maxFiles:     cfg.maxFiles,
 		watch:        cfg.watch,
 		loaded:       cfg.loaded,
 		signal:       make(chan struct{}, 1),
@@ -155,6 +159,11 @@ func (r *fileRegistry) setDemand(names []string) {
 	nameErrs := map[string]string{}
 	keep := map[string]bool{}
 	added := false
+	// Names already served keep their files; new names get what is left
+	// of the watched-files limit, in name order.
+	files := map[string]struct{}{}
+	var fresh []string
+	specs := map[string]fileSpec{}
 	for _, name := range wanted {
 		if !isFileName(name) {
 			continue
@@ -164,11 +173,31 @@ func (r *fileRegistry) setDemand(names []string) {
 			nameErrs[name] = err.Error()
 			continue
 		}
-		keep[name] = true
-		if _, ok := r.entries[name]; !ok {
-			r.entries[name] = &fileEntry{name: name, spec: spec}
-			added = true
+		e, ok := r.entries[name]
+		switch {
+		case !ok:
+			fresh = append(fresh, name)
+			specs[name] = spec
+			continue
+		case !e.static:
+			for _, p := range spec.paths(r.systemRoots) {
+				files[p] = struct{}{}
+			}
 		}
+		keep[name] = true
+	}
+	for _, name := range fresh {
+		spec := specs[name]
+		if err := r.admitLocked(files, spec); err != nil {
+			if r.nameErrs[name] != err.Error() {
+				r.metrics.LimitRejections.WithLabelValues("watched_files").Inc()
+			}
+			nameErrs[name] = err.Error()
+			continue
+		}
+		keep[name] = true
+		r.entries[name] = &fileEntry{name: name, spec: spec}
+		added = true
 	}
 	var dropped []string
 	for name, e := range r.entries {
@@ -198,6 +227,24 @@ func (r *fileRegistry) setDemand(names []string) {
 		default:
 		}
 	}
+}
+
+// admitLocked adds spec's files to files unless that takes files over
+// the watched-files limit.
+func (r *fileRegistry) admitLocked(files map[string]struct{}, spec fileSpec) error {
+	var more []string
+	for _, p := range spec.paths(r.systemRoots) {
+		if _, ok := files[p]; !ok && !slices.Contains(more, p) {
+			more = append(more, p)
+		}
+	}
+	if r.maxFiles > 0 && len(files)+len(more) > r.maxFiles {
+		return fmt.Errorf("not served: its files would take the files watched for file-cert: and file-root: names over the limit of %d; raise --max-watched-files or ask for fewer names", r.maxFiles)
+	}
+	for _, p := range more {
+		files[p] = struct{}{}
+	}
+	return nil
 }
 
 // nameErrors returns, for the names streams want and the static entries,

@@ -42,6 +42,10 @@ const (
 	// DefaultWakeInterval bounds how long the renewal loop sleeps before it
 	// looks at the wall clock again; timers stop while a host is suspended.
 	DefaultWakeInterval = time.Minute
+	// DefaultMaxWatchedFiles leaves room for many file-cert: and
+	// file-root: names (two files per certificate) while keeping a client
+	// from taking the user's inotify watches.
+	DefaultMaxWatchedFiles = 512
 	// TrustRenewMinInterval is the least time between two renewals caused
 	// by changes of Config.CARootCertFile: a file rewritten again and
 	// again must not make the agent hammer its CA, while one change (the
@@ -96,8 +100,13 @@ type Config struct {
 	// SystemRootFiles are the candidates for file-root:system, the
 	// first that exists being served. Default DefaultSystemRootFiles().
 	SystemRootFiles []string
-	// RetryInitial and RetryMax shape the exponential backoff between
-	// failed attempts.
+	// MaxWatchedFiles bounds the distinct files that file-cert: and
+	// file-root: names may make the agent watch (each takes an inotify
+	// watch from the user's limit). A name that would go over it is not
+	// served, and NameErrors says why. Default DefaultMaxWatchedFiles.
+	MaxWatchedFiles int
+	// RetryInitial and RetryMax shape the waits between failed attempts
+	// (see RetryWait).
 	RetryInitial, RetryMax time.Duration
 	// WakeInterval is the longest the loop sleeps without checking the
 	// wall clock.
@@ -240,6 +249,12 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.New(nil)
 	}
+	if cfg.MaxWatchedFiles < 0 {
+		return nil, fmt.Errorf("cache: max watched files %d must not be negative", cfg.MaxWatchedFiles)
+	}
+	if cfg.MaxWatchedFiles == 0 {
+		cfg.MaxWatchedFiles = DefaultMaxWatchedFiles
+	}
 	if cfg.RootOverlap < 0 {
 		return nil, fmt.Errorf("cache: root overlap %s must not be negative", cfg.RootOverlap)
 	}
@@ -272,6 +287,7 @@ func New(cfg Config) (*Manager, error) {
 		graceRatio:   cfg.GraceRatio,
 		wakeInterval: cfg.WakeInterval,
 		systemRoots:  cfg.SystemRootFiles,
+		maxFiles:     cfg.MaxWatchedFiles,
 		watch: filewatch.Config{
 			Debounce: cfg.FileDebounce,
 			Resync:   cfg.FileResync,
@@ -483,8 +499,6 @@ func (m *Manager) renew(ctx context.Context) {
 		failures int
 		// lastSent is when the last CSR attempt started.
 		lastSent time.Time
-		// probing: watch the CA's reachability until the next attempt.
-		probing bool
 		// lastTrustRenewal is when a change of the CA root file last
 		// caused a renewal; trustDue marks renewAt as such a renewal.
 		lastTrustRenewal time.Time
@@ -494,11 +508,15 @@ func (m *Manager) renew(ctx context.Context) {
 		now := m.cfg.Clock.Now()
 		m.trust.expire(now)
 		certEnd := m.checkExpired(now)
+		// After a failure, in the last tenth of the life or expired, with
+		// the CA unreachable: watch for it to come back.
+		probing := prober != nil && failures > 0 && m.inLastTenth(now) && !prober.Reachable()
 		if renewAt.IsZero() || ShouldRenew(now, renewAt) {
 			if !renewAt.IsZero() && m.stillUnreachable(probing, prober, now, lastSent) {
 				// No CSR into a connection known to be down: the probe
-				// goes on, and a CSR goes out the moment it succeeds.
-				renewAt = now.Add(m.retryWait(now, certRenewAt, failures, policy))
+				// goes on, and a CSR goes out the moment it succeeds, or
+				// RetryMax after the last one in case the probe is wrong.
+				renewAt = lastSent.Add(m.cfg.RetryMax)
 				m.setNextRenewal(renewAt)
 				continue
 			}
@@ -511,7 +529,6 @@ func (m *Manager) renew(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			probing = false
 			if err != nil {
 				failures++
 				now := m.cfg.Clock.Now()
@@ -519,7 +536,6 @@ func (m *Manager) renew(ctx context.Context) {
 				renewAt = now.Add(wait)
 				m.setNextRenewal(renewAt)
 				m.logFailure(err, wait)
-				probing = prober != nil && m.inLastTenth(now) && !prober.Reachable()
 			} else {
 				failures = 0
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
@@ -541,6 +557,9 @@ func (m *Manager) renew(ctx context.Context) {
 		}
 		if !certEnd.IsZero() && certEnd.Before(wakeAt) {
 			wakeAt = certEnd // to report the expiry at once
+		}
+		if at, ok := m.lastTenthAt(); ok && failures > 0 && prober != nil && now.Before(at) && at.Before(wakeAt) {
+			wakeAt = at // to start probing
 		}
 		wait := wakeAt.Round(0).Sub(now.Round(0))
 		if wait > m.cfg.WakeInterval {
@@ -583,7 +602,7 @@ func (m *Manager) renew(ctx context.Context) {
 		// The timer ran its course on the monotonic clock; a wall clock
 		// behind that was stepped back. Move the next attempt back as
 		// much, so that renewal keeps to its schedule in real time.
-		if back := expected.Round(0).Sub(m.cfg.Clock.Now().Round(0)); back > 0 && !renewAt.IsZero() {
+		if back := expected.Round(0).Sub(m.cfg.Clock.Now().Round(0)); back > clockStepTolerance && !renewAt.IsZero() {
 			renewAt = renewAt.Add(-back)
 			if !certRenewAt.IsZero() {
 				certRenewAt = certRenewAt.Add(-back)
@@ -618,7 +637,9 @@ func (m *Manager) issue(ctx context.Context) (*pki.Bundle, error) {
 	start := m.cfg.Clock.Now()
 	m.mu.Lock()
 	m.status.LastAttempt = start
+	failures := m.status.Failures
 	m.mu.Unlock()
+	m.log.Debug("certificate request sent", zap.String("spiffe_id", m.cfg.ID.String()), zap.Int("failures_before", failures))
 
 	actx, release := m.attemptContext(ctx)
 	b, key, result, err := m.sign(actx)

@@ -301,6 +301,57 @@ func TestRestartedAgentAnswersReconnect(t *testing.T) {
 			if resp.Version == got.Version {
 				t.Errorf("the restarted agent reused version %q", resp.Version)
 			}
+
+			// A delta client says which versions it holds.
+			d, err := sdstest.OpenDeltaStream(ctx, conn2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			err = d.Send(&discoveryv3.DeltaDiscoveryRequest{
+				Node: sdstest.DefaultNode(), TypeUrl: resource.SecretType,
+				ResourceNamesSubscribe:  []string{def},
+				InitialResourceVersions: map[string]string{def: got.Version},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dresp, err := d.Recv(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLeaf(t, dresp.Secret, next)
 		})
+	}
+}
+
+// TestDeltaInitialVersionsOfThisAgent: a delta client reconnecting to the
+// same agent with the version it holds is not sent that secret again.
+func TestDeltaInitialVersionsOfThisAgent(t *testing.T) {
+	h := newHarness(t)
+	h.publishAll()
+	st := h.openDelta()
+	if err := st.Subscribe(def); err != nil {
+		t.Fatal(err)
+	}
+	first := h.recvDelta(st)
+	st.Close()
+	d := h.openDelta()
+	err := d.Send(&discoveryv3.DeltaDiscoveryRequest{
+		Node: sdstest.DefaultNode(), TypeUrl: resource.SecretType,
+		ResourceNamesSubscribe:  []string{def, root},
+		InitialResourceVersions: map[string]string{def: first.Versions[def]},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.recvDelta(d).Names(); !slices.Equal(got, []string{root}) {
+		t.Fatalf("names = %v, want only ROOTCA (default is held at its version)", got)
+	}
+}
+
+func TestSecretTypeURL(t *testing.T) {
+	if secretType != resource.SecretType {
+		t.Fatalf("secretType = %q, want go-control-plane's %q", secretType, resource.SecretType)
 	}
 }

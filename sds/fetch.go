@@ -4,7 +4,6 @@ import (
 	"strings"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -34,7 +33,7 @@ func (s *Server) fetch(req *discoveryv3.DiscoveryRequest) (*discoveryv3.Discover
 	}
 	held, _ := s.table.parseVersion(req.GetVersionInfo())
 	now := s.cfg.Clock.Now()
-	resp := &discoveryv3.DiscoveryResponse{TypeUrl: resource.SecretType}
+	resp := &discoveryv3.DiscoveryResponse{TypeUrl: secretType}
 	var latest uint64
 	for _, name := range names {
 		if err := s.cfg.Source.CheckName(name); err != nil {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
@@ -137,6 +138,14 @@ func TestRunRemovesSocket(t *testing.T) {
 	go func() { done <- srv.Run(ctx) }()
 
 	h.publishAll()
+	// Wait until the second server serves it too.
+	deadline := time.Now().Add(waitFor)
+	for _, ok := srv.Versions()[def]; !ok; _, ok = srv.Versions()[def] {
+		if time.Now().After(deadline) {
+			t.Fatal("the second server does not serve default")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	conn, err := sdstest.Dial(h.ctx(), path)
 	if err != nil {
 		t.Fatal(err)

@@ -252,11 +252,13 @@ func (h *harness) publishRoots() {
 	h.store.Update([]*cache.Secret{rootSecret(h.root)}, nil)
 }
 
-// publishAll publishes a leaf for spiffeA and the roots.
+// publishAll publishes a leaf for spiffeA and the roots, and waits until
+// the server serves both (the first time; later calls do not wait).
 func (h *harness) publishAll() *testpki.Leaf {
 	h.t.Helper()
 	l := h.publishLeaf(spiffeA)
 	h.publishRoots()
+	h.waitServed(def, root)
 	return l
 }
 

@@ -435,11 +435,13 @@ func TestStaleNonceIgnored(t *testing.T) {
 	if err := st.ACK(); err != nil {
 		t.Fatal(err)
 	}
+	// The ACK must arrive before the push, or it is stale itself.
+	h.oneStream("ack recorded", func(s StreamInfo) bool { return s.AckedVersion == first.Version })
 	h.publishLeaf(spiffeA)
 	second := h.recv(st)
 
 	// Requests answering the first response arrive after the second was
-	// sent: go-control-plane ignores them, and so does the bookkeeping.
+	// sent: they are ignored, by the protocol and by the bookkeeping.
 	stale := []*discoveryv3.DiscoveryRequest{
 		{VersionInfo: first.Version, ResourceNames: []string{def, root}, TypeUrl: resource.SecretType, ResponseNonce: first.Nonce},
 		{VersionInfo: first.Version, ResourceNames: []string{def}, TypeUrl: resource.SecretType, ResponseNonce: first.Nonce,
@@ -578,6 +580,7 @@ func TestFetch(t *testing.T) {
 
 	h := newHarness(t)
 	leaf := h.publishAll()
+	h.waitServed(def, root)
 	current, err := sdstest.Fetch(h.ctx(), h.conn, []string{def})
 	if err != nil {
 		t.Fatal(err)
@@ -630,11 +633,20 @@ func TestFetch(t *testing.T) {
 		rotated := h.publishLeaf(spiffeA)
 		// The store publishes before the sync goroutine applies, so wait
 		// for the rotation through a stream.
+		// A new stream may get the previous default first, then the push.
 		st := h.openStream()
 		if err := st.Request(def); err != nil {
 			t.Fatal(err)
 		}
-		checkLeaf(t, h.recv(st).Secret, rotated)
+		for {
+			got := h.recv(st).Secret(def).GetTlsCertificate().GetCertificateChain().GetInlineBytes()
+			if bytes.Equal(got, rotated.ChainPEM) {
+				break
+			}
+			if err := st.ACK(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		resp, err := sdstest.Fetch(h.ctx(), h.conn, []string{def}, sdstest.WithVersion(current.Version))
 		if err != nil {
 			t.Fatal(err)

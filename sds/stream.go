@@ -1,125 +1,17 @@
 package sds
 
 import (
-	"context"
-	"errors"
-	"io"
 	"slices"
 	"strconv"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/internal/ratelog"
 )
-
-// service is the SDS gRPC service of one Serve. done is closed when that
-// Serve's context ends, which ends every stream.
-type service struct {
-	s    *Server
-	done <-chan struct{}
-}
-
-var _ secretv3.SecretDiscoveryServiceServer = service{}
-
-// StreamSecrets serves a state-of-the-world stream.
-func (svc service) StreamSecrets(gs secretv3.SecretDiscoveryService_StreamSecretsServer) error {
-	st, err := svc.s.openStream(gs.Context(), apiSotW)
-	if err != nil {
-		return err
-	}
-	defer st.close()
-	return serveLoop(gs.Context(), svc.done, st, gs.Recv, st.handleSotW, func() error {
-		resp := st.dueSotW()
-		if resp == nil {
-			return nil
-		}
-		if err := gs.Send(resp); err != nil {
-			return err
-		}
-		st.sent(resp.GetVersionInfo(), resp.GetNonce(), len(resp.GetResources()))
-		return nil
-	})
-}
-
-// DeltaSecrets serves an incremental stream.
-func (svc service) DeltaSecrets(gs secretv3.SecretDiscoveryService_DeltaSecretsServer) error {
-	st, err := svc.s.openStream(gs.Context(), apiDelta)
-	if err != nil {
-		return err
-	}
-	defer st.close()
-	return serveLoop(gs.Context(), svc.done, st, gs.Recv, st.handleDelta, func() error {
-		resp := st.dueDelta()
-		if resp == nil {
-			return nil
-		}
-		if err := gs.Send(resp); err != nil {
-			return err
-		}
-		st.sent(resp.GetSystemVersionInfo(), resp.GetNonce(), len(resp.GetResources()))
-		return nil
-	})
-}
-
-// FetchSecrets answers one fetch.
-func (svc service) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
-	return svc.s.fetch(req)
-}
-
-// serveLoop runs a stream on the handler's goroutine, which owns the
-// stream's state: it sends what is due, then waits for a request, a
-// table update or the end. Only the receiving runs on another goroutine,
-// which ends when the stream does.
-func serveLoop[Req any](ctx context.Context, done <-chan struct{}, st *stream, recv func() (*Req, error), handle func(*Req) error, respond func() error) error {
-	reqs := make(chan *Req)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := recv()
-			if err != nil {
-				// Counted here: gRPC may end the stream before the loop
-				// reads this.
-				recvErr <- st.s.recvError(err)
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for {
-		// Watch before looking, so an update while responding wakes us.
-		updated := st.s.table.watch()
-		if err := respond(); err != nil {
-			return st.s.recvError(err)
-		}
-		select {
-		case req := <-reqs:
-			if err := handle(req); err != nil {
-				return err
-			}
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case <-updated:
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return nil
-		}
-	}
-}
 
 // stream is the state of one SotW or delta stream. Only the stream's
 // goroutine uses it; what operators see (info) is copied under s.mu.
@@ -238,9 +130,12 @@ func (st *stream) handleDelta(req *discoveryv3.DeltaDiscoveryRequest) error {
 // stream.
 func (st *stream) check(r request, lists ...[]string) error {
 	s := st.s
+	if !st.gotRequest {
+		st.nodeID = ratelog.Cut(r.node.GetId())
+	}
 	if err := checkRequest(r.node, !st.gotRequest, r.typeURL); err != nil {
 		if s.warn.Allow(st.warnLim, "stream rejected") {
-			s.warn.Write("stream rejected", st.fields(zap.String("node_id", ratelog.Cut(r.node.GetId())), zap.Error(err))...)
+			s.warn.Write("stream rejected", st.fields(zap.Error(err))...)
 		}
 		return err
 	}
@@ -251,11 +146,7 @@ func (st *stream) check(r request, lists ...[]string) error {
 // bookkeeping of r.
 func (st *stream) record(r request, names []string) {
 	s := st.s
-	first := !st.gotRequest
 	st.gotRequest = true
-	if first {
-		st.nodeID = ratelog.Cut(r.node.GetId())
-	}
 	var fresh []string
 	for _, n := range names {
 		if _, ok := st.checked[n]; !ok {
@@ -281,28 +172,6 @@ func (st *stream) record(r request, names []string) {
 			}
 		}
 	}
-
-	s.mu.Lock()
-	info := st.info
-	info.gotRequest = true
-	info.nodeID = st.nodeID
-	for n := range unknown {
-		if len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
-			info.unknown = append(info.unknown, n)
-		}
-	}
-	sortNames(info.unknown)
-	s.setNamesLocked(info, slices.Clone(names))
-	switch {
-	case r.nack:
-		info.nacks++
-		info.lastNack = ratelog.CutN(r.errMsg, maxNackBytes)
-	case r.nonce != "" && st.api == apiSotW:
-		info.ackedVersion = ratelog.Cut(r.version)
-	case r.nonce != "" && r.nonce == st.lastNonce:
-		info.ackedVersion = st.lastVersion
-	}
-	s.mu.Unlock()
 
 	for _, n := range sortedKeys(unknown) {
 		s.cfg.Metrics.SDSUnknownNames.Inc()
@@ -333,6 +202,31 @@ func (st *stream) record(r request, names []string) {
 			s.debug.Write("request received", st.fields(zap.Strings("names", ratelog.CutAll(names)))...)
 		}
 	}
+	// What operators see changes after the logs, so that whoever waits
+	// for it (waitStreams) finds them written.
+	s.mu.Lock()
+	info := st.info
+	info.gotRequest = true
+	info.nodeID = st.nodeID
+	for n := range unknown {
+		// Kept cut, and at most as many as one request may name.
+		if n = ratelog.Cut(n); len(info.unknown) < s.cfg.Limits.MaxNamesPerRequest && !slices.Contains(info.unknown, n) {
+			info.unknown = append(info.unknown, n)
+		}
+	}
+	sortNames(info.unknown)
+	s.setNamesLocked(info, slices.Clone(names))
+	switch {
+	case r.nack:
+		info.nacks++
+		info.lastNack = ratelog.CutN(r.errMsg, maxNackBytes)
+	case r.nonce != "" && st.api == apiSotW:
+		info.ackedVersion = ratelog.Cut(r.version)
+	case r.nonce != "" && r.nonce == st.lastNonce:
+		info.ackedVersion = st.lastVersion
+	}
+	s.mu.Unlock()
+
 	s.updateDemand()
 	// Waiters (waitStreams) wake after the logs and the demand.
 	s.mu.Lock()
@@ -375,7 +269,7 @@ func (st *stream) dueSotW() *discoveryv3.DiscoveryResponse {
 	if len(due) == 0 {
 		return nil
 	}
-	resp := &discoveryv3.DiscoveryResponse{TypeUrl: resource.SecretType}
+	resp := &discoveryv3.DiscoveryResponse{TypeUrl: secretType}
 	for _, e := range due {
 		resp.Resources = append(resp.Resources, e.res)
 		st.take(e)
@@ -392,7 +286,7 @@ func (st *stream) dueDelta() *discoveryv3.DeltaDiscoveryResponse {
 	if len(due) == 0 && len(removed) == 0 {
 		return nil
 	}
-	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: resource.SecretType, RemovedResources: removed}
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: secretType, RemovedResources: removed}
 	for _, e := range due {
 		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: e.name, Version: e.version, Resource: e.res})
 		st.take(e)
@@ -433,90 +327,6 @@ func (st *stream) fields(extra ...zap.Field) []zap.Field {
 	return append([]zap.Field{zap.Int64("stream_id", st.info.id), zap.String("api", st.api), zap.String("node_id", st.nodeID)}, extra...)
 }
 
-// openStream registers a new stream, or refuses it when a stream limit is
-// reached.
-func (s *Server) openStream(ctx context.Context, api string) (*stream, error) {
-	conn := connFrom(ctx)
-	lim := s.cfg.Limits
-	s.mu.Lock()
-	switch {
-	case len(s.streams) >= lim.MaxStreams:
-		s.mu.Unlock()
-		return nil, s.limitError(limitStreams, nil, "%d SDS streams are open, the limit (%s); try again later or raise it", lim.MaxStreams, flagMaxStreams)
-	case conn != nil && conn.streams >= lim.MaxStreamsPerConn:
-		s.mu.Unlock()
-		return nil, s.limitError(limitStreamsPerConn, nil, "this connection has %d SDS streams open, the limit (%s)", lim.MaxStreamsPerConn, flagMaxStreamsPerConn)
-	}
-	if conn != nil {
-		conn.streams++
-	}
-	s.nextID++
-	info := &streamState{id: s.nextID, api: api, openedAt: s.cfg.Clock.Now()}
-	s.streams[info.id] = info
-	s.streamGauge[api].Inc()
-	s.notifyLocked()
-	s.mu.Unlock()
-	st := &stream{
-		s: s, info: info, api: api, conn: conn,
-		warnLim:  newStreamLimiter(s.cfg.Clock),
-		debugLim: newStreamLimiter(s.cfg.Clock),
-		checked:  map[string]bool{},
-		have:     map[string]uint64{},
-	}
-	if s.debug.Allow(st.debugLim, "stream opened") {
-		s.debug.Write("stream opened", zap.Int64("stream_id", info.id), zap.String("api", api))
-	}
-	return st, nil
-}
-
-// close forgets the stream.
-func (st *stream) close() {
-	s := st.s
-	s.mu.Lock()
-	delete(s.streams, st.info.id)
-	if st.conn != nil {
-		st.conn.streams--
-	}
-	s.streamGauge[st.api].Dec()
-	s.setNamesLocked(st.info, nil)
-	s.notifyLocked()
-	s.mu.Unlock()
-	if s.debug.Allow(st.debugLim, "stream closed") {
-		s.debug.Write("stream closed", st.fields(zap.Duration("age", s.cfg.Clock.Now().Sub(st.info.openedAt)))...)
-	}
-	s.updateDemand()
-}
-
-// streamState is what operators see of a stream (StreamInfo). s.mu
-// guards it.
-type streamState struct {
-	id       int64
-	api      string
-	openedAt time.Time
-
-	nodeID       string
-	gotRequest   bool
-	names        []string
-	unknown      []string
-	ackedVersion string
-	nacks        int
-	lastNack     string
-}
-
-func (st *streamState) snapshot() StreamInfo {
-	return StreamInfo{
-		ID:           st.id,
-		API:          st.api,
-		NodeID:       st.nodeID,
-		Names:        slices.Clone(st.names),
-		UnknownNames: slices.Clone(st.unknown),
-		AckedVersion: st.ackedVersion,
-		Nacks:        st.nacks,
-		LastNack:     st.lastNack,
-		OpenedAt:     st.openedAt,
-	}
-}
-
 // checkRequest returns the gRPC error that ends a stream (or fetch) whose
 // request is not an SDS request this server can answer. An empty type URL
 // is taken as the Secret type, as go-control-plane did.
@@ -524,8 +334,8 @@ func checkRequest(node *corev3.Node, first bool, typeURL string) error {
 	if first && node.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "missing node information: the first request must carry node.id")
 	}
-	if typeURL != "" && typeURL != resource.SecretType {
-		return status.Errorf(codes.InvalidArgument, "unsupported type url %q: this server only serves %s", ratelog.Cut(typeURL), resource.SecretType)
+	if typeURL != "" && typeURL != secretType {
+		return status.Errorf(codes.InvalidArgument, "unsupported type url %q: this server only serves %s", ratelog.Cut(typeURL), secretType)
 	}
 	return nil
 }

@@ -12,24 +12,42 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/clock"
 )
 
 // syncLoop applies the Source's snapshot to the secret cache after every
 // notification until ctx is done.
-// It also writes the summaries of suppressed log lines now and then.
+// It also writes the summaries of suppressed log lines, summaryEvery
+// after lines start being suppressed, if no line carried them before; no
+// timer runs while nothing is suppressed.
 func (s *Server) syncLoop(ctx context.Context, updates <-chan struct{}) {
-	summary := s.cfg.Clock.NewTimer(summaryEvery)
-	defer func() { summary.Stop() }()
+	var summary clock.Timer
+	var summaryC <-chan time.Time
+	defer func() {
+		if summary != nil {
+			summary.Stop()
+		}
+	}()
+	arm := func() {
+		if summary == nil {
+			summary = s.cfg.Clock.NewTimer(summaryEvery)
+			summaryC = summary.C()
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-updates:
 			s.syncSecrets()
-		case <-summary.C():
+		case <-s.warn.Pending():
+			arm()
+		case <-s.debug.Pending():
+			arm()
+		case <-summaryC:
+			summary, summaryC = nil, nil
 			s.warn.Flush()
 			s.debug.Flush()
-			summary = s.cfg.Clock.NewTimer(summaryEvery)
 		}
 	}
 }

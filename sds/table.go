@@ -8,10 +8,14 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
+
+// secretType is the type URL of every resource served: the value of
+// go-control-plane's resource.SecretType, whose package would link every
+// xDS resource type (listeners, routes, HTTP filters) into the agent.
+const secretType = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 // entry is one served secret, marshalled once for every stream.
 type entry struct {
@@ -67,7 +71,7 @@ func (t *table) apply(set []update, del []string) error {
 		}
 		entries = append(entries, &entry{
 			name:    u.secret.GetName(),
-			res:     &anypb.Any{TypeUrl: resource.SecretType, Value: b},
+			res:     &anypb.Any{TypeUrl: secretType, Value: b},
 			expires: u.expires,
 		})
 	}

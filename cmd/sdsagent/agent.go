@@ -121,6 +121,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		RootOverlap:      cfg.RootOverlap,
 		SPIFFEValidator:  cfg.SPIFFEValidator,
 		TrustBundleFiles: bundles,
+		MaxWatchedFiles:  cfg.Limits.MaxWatchedFiles,
 	})
 	if err != nil {
 		return err
@@ -131,6 +132,14 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		Source:     mgr,
 		Logger:     log,
 		Metrics:    m,
+		Limits: sds.Limits{
+			MaxNamesPerRequest: cfg.Limits.MaxNamesPerRequest,
+			MaxNameBytes:       cfg.Limits.MaxNameBytes,
+			MaxStreamsPerConn:  cfg.Limits.MaxStreamsPerConn,
+			MaxStreams:         cfg.Limits.MaxStreams,
+			MaxMessageBytes:    cfg.Limits.MaxMessageBytes,
+			HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
+		},
 	})
 	if err != nil {
 		return err

@@ -64,6 +64,8 @@ type Agent struct {
 	// (SO_PEERCRED uid, primary gid) that may connect to the socket.
 	AllowedUIDs []uint32
 	AllowedGIDs []uint32
+	// Limits bound what SDS clients may ask for.
+	Limits Limits
 }
 
 // TrustBundle is a --trust-bundle TD=PATH.
@@ -95,7 +97,7 @@ type Log struct {
 // AgentSettings lists the settings of `sdsagent run` with their defaults,
 // in the order the README's table shows them.
 func AgentSettings() []Setting {
-	return []Setting{
+	settings := []Setting{
 		{"ca-addr", "CA_ADDR", "istiod.istio-system.svc:15012", "address of the Istio CA (istiod, istio-csr or `sdsagent ca`)"},
 		{"ca-root-cert", "SDSAGENT_CA_ROOT_CERT", "/var/run/secrets/istio/root-cert.pem", "PEM roots that verify the CA's TLS certificate (re-read on each connection)"},
 		{"ca-plaintext", "SDSAGENT_CA_PLAINTEXT", "false", "talk to the CA without TLS (never in production)"},
@@ -127,6 +129,7 @@ func AgentSettings() []Setting {
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "json", "json or console"},
 	}
+	return append(settings, limitSettings()...)
 }
 
 // ParseAgent parses the arguments of `sdsagent run`. getenv is usually
@@ -177,6 +180,7 @@ func ParseAgent(args []string, getenv func(string) string, output io.Writer) (Ag
 	// Who may connect to the socket, besides its file mode.
 	a.AllowedUIDs = r.ids("allowed-uids", "uid")
 	a.AllowedGIDs = r.ids("allowed-gids", "gid")
+	a.Limits = r.limits()
 	if err := r.err(); err != nil {
 		return Agent{}, err
 	}

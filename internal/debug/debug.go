@@ -60,6 +60,9 @@ type Config struct {
 	Addr string
 	// Ready returns nil when the agent serves its secrets, else why not.
 	Ready func() error
+	// Now tells the time that decides whether a certificate has expired
+	// (the Manager's clock). Default time.Now.
+	Now func() time.Time
 	// Gatherer provides /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	// Secrets provides /debug/secrets and /debug/config_dump; nil leaves
@@ -83,9 +86,6 @@ type Config struct {
 	PeerCheck func() peercred.Stats
 	// Logger receives the server's logs, under the name "debug".
 	Logger *zap.Logger
-	// Now tells the time that decides whether a certificate has expired
-	// (the Manager's clock). Default time.Now.
-	Now func() time.Time
 }
 
 // Server is the HTTP endpoint.

@@ -72,12 +72,19 @@ type Logger struct {
 
 	mu         sync.Mutex
 	suppressed map[string]int
+	// pending receives a value when lines start being suppressed.
+	pending chan struct{}
 }
 
 // NewLogger returns a Logger writing to log at level, through overall.
 func NewLogger(log *zap.Logger, level zapcore.Level, overall *Limiter) *Logger {
-	return &Logger{log: log, level: level, overall: overall, suppressed: map[string]int{}}
+	return &Logger{log: log, level: level, overall: overall, suppressed: map[string]int{}, pending: make(chan struct{}, 1)}
 }
+
+// Pending returns a channel that receives a value when a line is refused
+// while no summary is pending, so that an owner can call Flush a little
+// later even if no line passes to carry the summary.
+func (r *Logger) Pending() <-chan struct{} { return r.pending }
 
 // Enabled reports whether lines at the Logger's level are written at all.
 // Callers skip the limiters and building fields when it is false.
@@ -93,8 +100,15 @@ func (r *Logger) Allow(client *Limiter, msg string) bool {
 	}
 	if (client != nil && !client.Allow()) || !r.overall.Allow() {
 		r.mu.Lock()
+		first := len(r.suppressed) == 0
 		r.suppressed[msg]++
 		r.mu.Unlock()
+		if first {
+			select {
+			case r.pending <- struct{}{}:
+			default:
+			}
+		}
 		return false
 	}
 	r.Flush()

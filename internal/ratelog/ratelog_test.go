@@ -52,6 +52,11 @@ func TestLoggerSummarizesSuppressedLines(t *testing.T) {
 	for range 100 {
 		r.Log(client, "unknown resource name requested", zap.String("k", "v"))
 	}
+	select {
+	case <-r.Pending():
+	default:
+		t.Fatal("no pending signal after lines were refused")
+	}
 	for range 10 {
 		r.Log(other, "nack received")
 	}
