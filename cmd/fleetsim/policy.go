@@ -47,8 +47,8 @@ func (o *Ours) Issued(_ *Sim, a *Agent, _ int64) int64 {
 func (*Ours) Started(_ *Sim, _ *Agent, now int64) int64 { return now }
 
 // Wake implements Policy. A probing agent whose connection is still down
-// skips the CSR (the Manager's stillUnreachable) unless RetryMax passed
-// since the last one; once its reconnect succeeded it sends at once.
+// skips the CSR (the Manager's stillUnreachable) until RetryMax after the
+// last one; once its reconnect succeeded it sends at once.
 func (o *Ours) Wake(s *Sim, a *Agent, now int64) (bool, int64) {
 	if a.Probing {
 		if now >= a.ProbeAt {
@@ -56,25 +56,31 @@ func (o *Ours) Wake(s *Sim, a *Agent, now int64) (bool, int64) {
 			a.Probing = false
 			return true, 0
 		}
-		if now-a.Sent < o.Retry.Max.Milliseconds() {
-			next := now + o.wait(a, now)
-			return false, min(next, a.ProbeAt)
+		if retry := a.Sent + o.Retry.Max.Milliseconds(); now < retry {
+			return false, min(retry, a.ProbeAt)
 		}
 	}
 	return true, 0
 }
 
-// Failed implements Policy.
+// Failed implements Policy. The Manager probes after a failure while the
+// certificate is in its last tenth (or expired) and the CA unreachable,
+// also from the moment the last tenth begins if that comes before the
+// next attempt; the reconnect loop then succeeds at a random point of its
+// last backoff interval after the CA is back.
 func (o *Ours) Failed(s *Sim, a *Agent, now int64) int64 {
 	a.Failures++
 	next := now + o.wait(a, now)
-	// The Manager probes when the certificate is in its last tenth and
-	// the connection is down; the reconnect loop then succeeds at a
-	// random point of its last backoff interval after the CA is back.
-	a.Probing = a.HasCert && !s.CA.Up(now) && cache.InLastTenth(wall(now), a.wallNB, a.wallNA)
-	if a.Probing {
+	a.Probing = false
+	if !a.HasCert || s.CA.Up(now) {
+		return next
+	}
+	up := s.CA.upAgain(now)
+	lastTenth := a.NotAfter - (a.NotAfter-a.NotBefore)/10 // the Manager's lastTenthAt
+	if cache.InLastTenth(wall(now), a.wallNB, a.wallNA) || (lastTenth < next && lastTenth < up) {
 		interval := float64(reconnectMax.Milliseconds()) * (0.8 + 0.4*a.rng.Float64()) / 1.2
-		a.ProbeAt = s.CA.upAgain(now) + int64(a.rng.Float64()*interval)
+		a.Probing = true
+		a.ProbeAt = up + int64(a.rng.Float64()*interval)
 		return min(next, a.ProbeAt)
 	}
 	return next
