@@ -2,8 +2,6 @@ package main
 
 import (
 	"container/heap"
-	"math"
-	"math/bits"
 	"math/rand/v2"
 	"time"
 )
@@ -90,69 +88,6 @@ type Policy interface {
 	Failed(s *Sim, a *Agent, now int64) int64
 }
 
-// Outage is an interval [From, To) in virtual ms during which the CA is
-// down: connections are refused.
-type Outage struct{ From, To int64 }
-
-// CA is the certificate authority: it signs Capacity CSRs per second in
-// arrival order; a CSR that would wait longer than Deadline for its turn
-// fails at Deadline without using capacity (the caller's deadline expired
-// and the server drops cancelled requests before signing).
-type CA struct {
-	Capacity float64
-	Deadline int64
-	Outages  []Outage
-	nextFree float64 // virtual ms at which the signer is next free
-}
-
-// Up reports whether the CA accepts connections at t.
-func (c *CA) Up(t int64) bool {
-	for _, o := range c.Outages {
-		if t >= o.From && t < o.To {
-			return false
-		}
-	}
-	return true
-}
-
-// upAgain returns when the CA is up again after t (t itself if it is up).
-func (c *CA) upAgain(t int64) int64 {
-	for _, o := range c.Outages {
-		if t >= o.From && t < o.To {
-			return o.To
-		}
-	}
-	return t
-}
-
-// nextOutage returns the start of the first outage after t, or MaxInt64.
-func (c *CA) nextOutage(t int64) int64 {
-	n := int64(math.MaxInt64)
-	for _, o := range c.Outages {
-		if o.From > t && o.From < n {
-			n = o.From
-		}
-	}
-	return n
-}
-
-// submit decides the fate of a CSR that reaches the CA at t: signed at
-// done, or failed at done.
-func (c *CA) submit(t int64) (done int64, ok bool) {
-	svc := 1000 / c.Capacity
-	start := max(float64(t), c.nextFree)
-	end := start + svc
-	if end-float64(t) > float64(c.Deadline) {
-		return t + c.Deadline, false
-	}
-	fin := int64(math.Ceil(end))
-	if down := c.nextOutage(t); fin >= down {
-		return down, false // the CA went down with the request queued
-	}
-	c.nextFree = end
-	return fin, true
-}
-
 // Series are the per-second figures of a run, indexed by second.
 type Series struct {
 	Offered, Accepted, Rejected, Refused, Probes []int32
@@ -194,35 +129,6 @@ type Sim struct {
 	nRing          int
 	far            farHeap
 	nrDiff, exDiff []int32
-}
-
-// ringSize is the horizon of the calendar of near events in ms: most
-// events (retries, CA answers) land within it and are O(1); renewals,
-// hours away, go to a heap.
-const ringSize = 1 << 16
-
-type entry struct {
-	id   int32
-	gen  uint32
-	kind uint8
-}
-
-type farEvent struct {
-	t int64
-	e entry
-}
-
-type farHeap []farEvent
-
-func (h farHeap) Len() int           { return len(h) }
-func (h farHeap) Less(i, j int) bool { return h[i].t < h[j].t }
-func (h farHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *farHeap) Push(x any)        { *h = append(*h, x.(farEvent)) }
-func (h *farHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }
 
 // NewSim returns a run of n agents over duration. Every agent starts
@@ -288,27 +194,6 @@ func (s *Sim) schedule(id int32, t int64, kind uint8) {
 		return
 	}
 	heap.Push(&s.far, farEvent{t, e})
-}
-
-func (s *Sim) near(t int64, e entry) {
-	i := t % ringSize
-	s.ring[i] = append(s.ring[i], e)
-	s.used[i/64] |= 1 << (i % 64)
-	s.nRing++
-}
-
-// nextUsed returns the first time at or after s.now whose bucket holds
-// events; the ring must not be empty.
-func (s *Sim) nextUsed() int64 {
-	i := s.now % ringSize
-	w := i / 64
-	word := s.used[w] &^ (1<<(i%64) - 1)
-	for word == 0 {
-		w = (w + 1) % (ringSize / 64)
-		word = s.used[w]
-	}
-	j := w*64 + int64(bits.TrailingZeros64(word))
-	return s.now + (j-i+ringSize)%ringSize
 }
 
 // Run processes events until End, then closes the open intervals.
