@@ -42,7 +42,7 @@ func smallRun(t *testing.T, p Policy, n int) (*Sim, Scenario) {
 			sc = s
 		}
 	}
-	s := NewSim(p, &CA{Capacity: sc.Capacity, Deadline: 10000, Outages: sc.Outages}, n, 24*time.Hour, 30*time.Hour, 42)
+	s := NewSim(p, &CA{Capacity: sc.Capacity, Deadline: 10000, Outages: sc.Outages}, n, 24*time.Hour, 25*time.Hour, 42)
 	s.Window = sc.Window
 	s.Run()
 	return s, sc
@@ -59,7 +59,7 @@ func sum(xs []int32) int64 {
 func TestConservation(t *testing.T) {
 	for _, p := range policies(true) {
 		t.Run(p.Name(), func(t *testing.T) {
-			s, sc := smallRun(t, p, 3000)
+			s, sc := smallRun(t, p, 2000)
 			if s.T.Offered == 0 || s.T.Refused == 0 {
 				t.Fatalf("no CSRs offered (%d) or refused (%d): the run did nothing", s.T.Offered, s.T.Refused)
 			}
@@ -84,7 +84,7 @@ func TestConservation(t *testing.T) {
 				}
 			}
 			// Same seed, same run.
-			again, _ := smallRun(t, p, 3000)
+			again, _ := smallRun(t, p, 2000)
 			if again.T != s.T {
 				t.Errorf("same seed, different totals: %+v and %+v", s.T, again.T)
 			}
@@ -97,7 +97,7 @@ func TestConservation(t *testing.T) {
 // catchUpTarget of the CA's return and never offers it more than 1.2×
 // its capacity.
 func TestOutageShorterThanGrace(t *testing.T) {
-	s, sc := smallRun(t, NewOurs(), 3000)
+	s, sc := smallRun(t, NewOurs(), 2000)
 	r := summarize(sc, s, 0)
 	if r.T.ExpiredAgents != 0 || r.MaxNotReady != 0 {
 		t.Errorf("%d certificates expired, %d agents not ready at once; want 0", r.T.ExpiredAgents, r.MaxNotReady)
