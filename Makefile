@@ -14,7 +14,7 @@ TOOLS_DIR ?= $(HOME)/.cache/sdsagent-tools
 export SDSAGENT_TOOLS_DIR := $(TOOLS_DIR)
 CFSSL_VERSION := v1.6.5
 
-.PHONY: all build run test test-short bench fuzz lint fmt tidy clean tools
+.PHONY: all build run test test-short bench fuzz fleetsim lint fmt tidy clean tools
 
 all: lint test build
 
@@ -57,6 +57,11 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$${t#*@}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$${t%@*}" </dev/null || failed="$$failed $${t#*@}"; \
 	done; \
 	[ -z "$$failed" ] || { echo "fuzz: FAILED:$$failed (failing inputs are in each package's testdata/fuzz)"; exit 1; }
+
+# Fleet simulation (cmd/fleetsim): CSVs and PNGs into FLEETSIM_OUT, summary and targets on stdout.
+FLEETSIM_OUT ?= bin/fleetsim
+fleetsim:
+	$(GO) run ./cmd/fleetsim -proposal -out $(FLEETSIM_OUT)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

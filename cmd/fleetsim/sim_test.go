@@ -1,0 +1,111 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestCAQueueDeadline(t *testing.T) {
+	ca := &CA{Capacity: 1000, Deadline: 10} // 1 ms per CSR, 10 ms deadline
+	var ok, failed int
+	for range 20 {
+		done, accepted := ca.submit(0)
+		if accepted {
+			ok++
+			if done > 10 {
+				t.Errorf("accepted CSR done at %d ms, after the deadline", done)
+			}
+		} else {
+			failed++
+			if done != 10 {
+				t.Errorf("rejected CSR fails at %d ms, want at the 10 ms deadline", done)
+			}
+		}
+	}
+	if ok != 10 || failed != 10 {
+		t.Errorf("burst of 20 at 1000/s with a 10 ms deadline: %d accepted, %d rejected; want 10 and 10", ok, failed)
+	}
+	ca.Outages = []Outage{{From: 100, To: 200}}
+	if ca.Up(150) || !ca.Up(200) || ca.upAgain(150) != 200 {
+		t.Error("outage [100,200) not applied")
+	}
+}
+
+// smallRun runs the 30-minute outage with n agents, a CA scaled down so
+// that the fleet loads it as 100,000 agents load a 500/s CA.
+func smallRun(t *testing.T, p Policy, n int) (*Sim, Scenario) {
+	t.Helper()
+	capacity := 500 * float64(n) / 100000
+	var sc Scenario
+	for _, s := range scenarios(capacity, 24*time.Hour) {
+		if s.Name == "outage-30m" {
+			sc = s
+		}
+	}
+	s := NewSim(p, &CA{Capacity: sc.Capacity, Deadline: 10000, Outages: sc.Outages}, n, 24*time.Hour, 25*time.Hour, 42)
+	s.Window = sc.Window
+	s.Run()
+	return s, sc
+}
+
+func sum(xs []int32) int64 {
+	var n int64
+	for _, x := range xs {
+		n += int64(x)
+	}
+	return n
+}
+
+func TestConservation(t *testing.T) {
+	for _, p := range policies(true) {
+		t.Run(p.Name(), func(t *testing.T) {
+			s, sc := smallRun(t, p, 2000)
+			if s.T.Offered == 0 || s.T.Refused == 0 {
+				t.Fatalf("no CSRs offered (%d) or refused (%d): the run did nothing", s.T.Offered, s.T.Refused)
+			}
+			if got := s.T.Accepted + s.T.Rejected + s.T.InFlight; got != s.T.Offered {
+				t.Errorf("offered %d != accepted %d + rejected %d + in flight %d",
+					s.T.Offered, s.T.Accepted, s.T.Rejected, s.T.InFlight)
+			}
+			if sum(s.S.Offered) != s.T.Offered || sum(s.S.Accepted) != s.T.Accepted || sum(s.S.Refused) != s.T.Refused {
+				t.Error("per-second series do not add up to the totals")
+			}
+			perSec := int32(sc.Capacity) + 1
+			for i := range s.S.Offered {
+				if s.S.Accepted[i] > perSec {
+					t.Fatalf("second %d: %d CSRs signed, more than the CA's %v/s", i, s.S.Accepted[i], sc.Capacity)
+				}
+				if s.S.Expired[i] > s.S.NotReady[i] || s.S.Expired[i] < 0 {
+					t.Fatalf("second %d: %d expired but %d not ready", i, s.S.Expired[i], s.S.NotReady[i])
+				}
+				down := !s.CA.Up(int64(i)*1000) && !s.CA.Up(int64(i)*1000+999)
+				if down && s.S.Offered[i] != 0 {
+					t.Fatalf("second %d: %d CSRs reached a CA that was down", i, s.S.Offered[i])
+				}
+			}
+			// Same seed, same run.
+			again, _ := smallRun(t, p, 2000)
+			if again.T != s.T {
+				t.Errorf("same seed, different totals: %+v and %+v", s.T, again.T)
+			}
+		})
+	}
+}
+
+// TestOutageShorterThanGrace checks our policy's invariants in the
+// 30-minute outage: no certificate expires, the fleet is renewed within
+// catchUpTarget of the CA's return and never offers it more than 1.2×
+// its capacity.
+func TestOutageShorterThanGrace(t *testing.T) {
+	s, sc := smallRun(t, NewOurs(), 2000)
+	r := summarize(sc, s, 0)
+	if r.T.ExpiredAgents != 0 || r.MaxNotReady != 0 {
+		t.Errorf("%d certificates expired, %d agents not ready at once; want 0", r.T.ExpiredAgents, r.MaxNotReady)
+	}
+	if r.CatchUp < 0 || r.CatchUp > catchUpTarget {
+		t.Errorf("fleet renewed %s after the CA's return, want within %s", r.CatchUp, catchUpTarget)
+	}
+	if float64(r.PeakAfter) > 1.2*sc.Capacity {
+		t.Errorf("offered %d CSR/s after the outage, over 1.2x the capacity %v", r.PeakAfter, sc.Capacity)
+	}
+}
