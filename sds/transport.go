@@ -16,12 +16,12 @@ import (
 const (
 	// writeBufferSize is the batch of frames written in one syscall. The
 	// buffer comes from a pool shared by all connections and goes back to
-	// it after every flush (grpc.SharedWriteBuffer, the default since
-	// gRPC-Go 1.8x, which deprecates the option), so its size costs
+	// it after every flush (grpc.SharedWriteBuffer, the default in
+	// grpc-go 1.85, which deprecates the option), so its size costs
 	// memory only while a write is in progress.
 	writeBufferSize = 16 << 10
 	// readBufferSize is the most one read syscall takes. Reads go through
-	// connReader.ReadOnReady: a buffer is taken from gRPC's pool only
+	// pollConn.ReadOnReady: a buffer is taken from gRPC's pool only
 	// once the socket is readable, and returned when the data is
 	// consumed, so an idle connection holds none.
 	readBufferSize = 16 << 10

@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 
 	"github.com/sdsagent/sdsagent/cache"
@@ -113,7 +115,7 @@ func heldMemory() int64 {
 // only while data is there, but did not see the socket behind the
 // wrapper that counts handshake timeouts, and gave every connection a
 // 32 KB buffer of its own for its whole life. (Its 32 KB write buffer is
-// already pooled by default since gRPC-Go 1.8x.)
+// already pooled by default in grpc-go 1.85.)
 func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 	const n = 50
 	pinned := connMemory(t, untunePollRead|untuneBufferSizes|untuneWindows, n)
@@ -149,5 +151,26 @@ func BenchmarkConnMemory(b *testing.B) {
 			}
 			b.ReportMetric(per/1024, "KB/conn")
 		})
+	}
+}
+
+// TestRequestLargerThanTheWindowIsServed checks that the static 64 KB
+// flow-control windows do not stop a request up to the message size
+// limit: a first request carrying a 600 KB node is answered.
+func TestRequestLargerThanTheWindowIsServed(t *testing.T) {
+	h := newHarness(t)
+	h.publishAll()
+	node := &corev3.Node{Id: strings.Repeat("n", 600<<10), Cluster: sdstest.DefaultNodeCluster}
+	st, err := sdstest.OpenStream(h.ctx(), h.conn, sdstest.WithNode(node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Request(def); err != nil {
+		t.Fatal(err)
+	}
+	resp := h.recv(st)
+	if resp.Secret(def) == nil {
+		t.Fatalf("response names %v, want %q", resp.Names(), def)
 	}
 }

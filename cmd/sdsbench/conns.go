@@ -23,6 +23,10 @@ const (
 	connMemConns = 1000
 )
 
+// floorLimit is the time the conns and connmem figures add to
+// overallLimit; together they take under a minute.
+const floorLimit = 120 * time.Second
+
 // connBursts are the sizes of the conns figure: n connections opened at
 // once, reps times, alternating agent and floor.
 func (b *bencher) connBursts() []struct{ n, reps int } {

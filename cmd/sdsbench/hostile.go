@@ -31,10 +31,14 @@ const targetLogBytesPerSec = 64 << 10
 
 // limit is the time limit of a run of p's figures.
 func (p params) limit() time.Duration {
+	limit := overallLimit
 	if p.only["logflood"] || p.only["limits"] || p.only["churn"] {
-		return overallLimit + hostileLimit
+		limit += hostileLimit
 	}
-	return overallLimit
+	if p.only["conns"] || p.only["connmem"] {
+		limit += floorLimit
+	}
+	return limit
 }
 
 // hostileSizes are the sizes of the logflood, limits and churn figures.

@@ -61,7 +61,7 @@ import (
 // logflood, limits and churn figures add hostileLimit.
 const overallLimit = 240 * time.Second
 
-var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn)", overallLimit, hostileLimit)
+var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn, plus %s with conns or connmem)", overallLimit, hostileLimit, floorLimit)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

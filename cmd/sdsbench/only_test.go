@@ -46,4 +46,8 @@ func TestParamsLimitGrowsWithHostileFigures(t *testing.T) {
 	if p.limit() != overallLimit+hostileLimit {
 		t.Fatalf("limit with churn %s, want %s", p.limit(), overallLimit+hostileLimit)
 	}
+	p.only["conns"] = true
+	if p.limit() != overallLimit+hostileLimit+floorLimit {
+		t.Fatalf("limit with churn and conns %s, want %s", p.limit(), overallLimit+hostileLimit+floorLimit)
+	}
 }

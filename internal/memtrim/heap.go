@@ -98,6 +98,8 @@ func NewHeapReleaser(cfg HeapConfig) (*HeapReleaser, error) {
 func (r *HeapReleaser) Run(ctx context.Context) error {
 	log := r.cfg.Logger.Named("memtrim")
 	var st trimState
+	// loggedPeak is the last peak logged: a rise of MinDrop over it is.
+	loggedPeak := 0
 	for {
 		t := r.cfg.Clock.NewTimer(r.cfg.Poll)
 		select {
@@ -108,9 +110,14 @@ func (r *HeapReleaser) Run(ctx context.Context) error {
 		}
 		load := r.cfg.Load()
 		peak := max(st.peak, load)
+		if peak >= loggedPeak+r.policy.minDrop {
+			loggedPeak = peak
+			log.Debug("heap load peak", zap.Int("peak", peak))
+		}
 		var release bool
 		st, release = r.policy.step(st, r.cfg.Clock.Now(), load)
 		if release {
+			loggedPeak = load
 			r.cfg.Free()
 			log.Debug("heap released", zap.Int("load", load), zap.Int("peak", peak))
 		}
