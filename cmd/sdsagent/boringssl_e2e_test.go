@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -52,54 +50,11 @@ func writeServed(t *testing.T, dir, name string, id sdstest.Identity) servedFile
 	return f
 }
 
-// syncBuffer is a bytes.Buffer safe to read while a process writes it,
-// with a channel closed on each write.
-type syncBuffer struct {
-	mu      sync.Mutex
-	buf     bytes.Buffer
-	changed chan struct{}
-}
-
-func newSyncBuffer() *syncBuffer { return &syncBuffer{changed: make(chan struct{})} }
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	close(b.changed)
-	b.changed = make(chan struct{})
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitCount waits until s occurs n times in the buffer.
-func (b *syncBuffer) waitCount(t *testing.T, s string, n int) {
-	t.Helper()
-	deadline := time.After(waitLimit)
-	for {
-		b.mu.Lock()
-		got, changed := strings.Count(b.buf.String(), s), b.changed
-		b.mu.Unlock()
-		if got >= n {
-			return
-		}
-		select {
-		case <-changed:
-		case <-deadline:
-			t.Fatalf("%q seen %d times, want %d; output:\n%s", s, got, n, b.String())
-		}
-	}
-}
-
 // bsslServer is a running `bssl-tool server -loop`.
 type bsslServer struct {
 	port string
 	// out is its output; it reports connections on stderr.
-	out *syncBuffer
+	out *logBuffer
 }
 
 // startBSSLServer runs `bssl-tool server -accept PORT -key -cert
@@ -126,7 +81,7 @@ func tryBSSLServer(t *testing.T, bssl string, f servedFiles) (*bsslServer, error
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &bsslServer{port: port, out: newSyncBuffer()}
+	s := &bsslServer{port: port, out: newLogBuffer()}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*waitLimit)
 	cmd := exec.CommandContext(ctx, bssl, "server", "-accept", port, "-key", f.key, "-cert", f.chain,
 		"-require-any-client-cert", "-loop")
@@ -257,7 +212,7 @@ func checkBoringSSL(t *testing.T, bssl string, server, client servedFiles, forei
 	}
 	// The server saw the client's certificate: it prints the connection
 	// only after a handshake with one.
-	s.out.waitCount(t, "Connected.", 1)
+	s.out.waitFor(t, `"Connected."`, func() bool { return strings.Contains(s.out.String(), "Connected.") })
 
 	out, err = bsslClient(t, bssl, s.port, foreignRoot, &client)
 	if err == nil || !strings.Contains(out, "CERTIFICATE_VERIFY_FAILED") {
