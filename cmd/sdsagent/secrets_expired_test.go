@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -34,23 +33,11 @@ func TestSecretsCommandShowsExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve = %v", err)
-		}
-	})
+	addr := serveDebug(t, srv)
 	noEnv := func(string) string { return "" }
 
 	var out, errOut bytes.Buffer
-	if err := runSecrets(context.Background(), []string{"--http-addr", lis.Addr().String()}, noEnv, &out, &errOut); err != nil {
+	if err := runSecrets(context.Background(), []string{"--http-addr", addr}, noEnv, &out, &errOut); err != nil {
 		t.Fatalf("sdsagent secrets: %v", err)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n")[1:] {
@@ -65,7 +52,7 @@ func TestSecretsCommandShowsExpired(t *testing.T) {
 	}
 
 	out.Reset()
-	if err := runSecrets(context.Background(), []string{"--http-addr", lis.Addr().String(), "-o", "json"}, noEnv, &out, &errOut); err != nil {
+	if err := runSecrets(context.Background(), []string{"--http-addr", addr, "-o", "json"}, noEnv, &out, &errOut); err != nil {
 		t.Fatalf("sdsagent secrets -o json: %v", err)
 	}
 	if !strings.Contains(out.String(), `"EXPIRED since `) || !strings.Contains(out.String(), "istiod:15012 is unreachable") {

@@ -39,20 +39,8 @@ func startSecretsAgent(t *testing.T) *secretsAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve = %v", err)
-		}
-	})
-	return &secretsAgent{addr: lis.Addr().String(), chainPEM: leaf.ChainPEM, rootsPEM: root.CertPEM, keyPEM: leaf.KeyPEM}
+	addr := serveDebug(t, srv)
+	return &secretsAgent{addr: addr, chainPEM: leaf.ChainPEM, rootsPEM: root.CertPEM, keyPEM: leaf.KeyPEM}
 }
 
 func TestSecretsCommand(t *testing.T) {
@@ -176,4 +164,24 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// serveDebug serves srv on a loopback port until the test ends and
+// returns its address.
+func serveDebug(t *testing.T, srv *debug.Server) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, lis) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve = %v", err)
+		}
+	})
+	return lis.Addr().String()
 }
