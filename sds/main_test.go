@@ -147,9 +147,13 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 	if opts.source != nil {
 		src = opts.source(h.store)
 	}
+	// A source that takes demand (cache.Manager, demandSource) gets it,
+	// as cmd/sdsagent wires it.
+	demander, _ := src.(Demander)
 	h.srv, err = New(Config{
 		SocketPath: h.socket,
 		Source:     src,
+		Demander:   demander,
 		Logger:     zap.New(zapcore.NewTee(core, jsonCore)),
 		Metrics:    h.metrics,
 		Clock:      opts.clock,

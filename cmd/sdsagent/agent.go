@@ -138,6 +138,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		SocketPath: cfg.Socket,
 		SocketMode: cfg.SocketMode,
 		Source:     mgr,
+		Demander:   mgr,
 		Logger:     log,
 		Metrics:    m,
 		Limits: sds.Limits{
@@ -186,11 +187,10 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 			Ready:      mgr.Ready,
 			Gatherer:   reg,
 			Logger:     log,
-			Secrets:    mgr,
-			ToProto:    sds.ToProto,
+			Secrets:    debugSecrets(mgr, sds.ToProto),
 			Versions:   srv.Versions,
 			NameErrors: mgr.NameErrors,
-			PeerCheck:  peerCheck,
+			PeerCheck:  debugPeerCheck(peerCheck),
 			Streams: func() []debug.StreamInfo {
 				in := srv.Streams()
 				out := make([]debug.StreamInfo, len(in))
