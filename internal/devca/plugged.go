@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
@@ -188,7 +189,7 @@ func loadOrCreateToken(dir string, log *zap.Logger) ([]byte, error) {
 			return nil, err
 		}
 		// Another process may have created it since: keep theirs.
-		switch err := writeFileNew(dir, tokenFile, token, 0o600); {
+		switch err := atomicfile.WriteNew(dir, tokenFile, token, 0o600); {
 		case err == nil:
 			log.Info("token created", zap.String("path", filepath.Join(dir, tokenFile)))
 		case errors.Is(err, fs.ErrExist):
