@@ -32,7 +32,7 @@ func (c *Client) completeChain(leafPEM, signerPEM string) ([]string, error) {
 	cur := signers[0]
 	chain := []string{strings.TrimSpace(leafPEM) + "\n"}
 	for depth := 0; ; depth++ {
-		if isSelfSigned(cur) {
+		if pki.IsSelfSigned(cur) {
 			if !containsCert(file, cur) {
 				return nil, fmt.Errorf("cfssl info: CFSSL's signer %q is a root that %s does not hold (add it there if it is the CA the workloads trust)", cur.Subject, c.cfg.RootCertFile)
 			}
@@ -54,10 +54,6 @@ func (c *Client) completeChain(leafPEM, signerPEM string) ([]string, error) {
 
 func encode(c *x509.Certificate) string {
 	return string(pki.EncodeCertificates([]*x509.Certificate{c}))
-}
-
-func isSelfSigned(c *x509.Certificate) bool {
-	return c.CheckSignatureFrom(c) == nil
 }
 
 func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {

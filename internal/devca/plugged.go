@@ -154,7 +154,7 @@ func checkSigningCA(c *x509.Certificate, now time.Time) error {
 // chain[0] may itself be the root.
 func chainRoot(chain, roots []*x509.Certificate) (*x509.Certificate, []*x509.Certificate, error) {
 	top := chain[len(chain)-1]
-	if isSelfSigned(top) {
+	if pki.IsSelfSigned(top) {
 		for _, r := range roots {
 			if r.Equal(top) {
 				return r, chain[1:max(len(chain)-1, 1)], nil
@@ -169,11 +169,6 @@ func chainRoot(chain, roots []*x509.Certificate) (*x509.Certificate, []*x509.Cer
 	}
 	return nil, nil, fmt.Errorf("%s does not verify to %s: %s is not signed by a certificate in %s",
 		certChainFile, rootCertFile, certName(top), rootCertFile)
-}
-
-// isSelfSigned reports whether c is signed by its own key.
-func isSelfSigned(c *x509.Certificate) bool {
-	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
 // loadOrCreateToken reads dir/token, creating it first if it does not
