@@ -184,7 +184,11 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 	if err != nil {
 		err = redact(err, token)
 		code := status.Code(err)
-		c.release(cn, code == codes.Unavailable)
+		health := connOK
+		if code == codes.Unavailable {
+			health = connUnreachable
+		}
+		c.release(cn, health)
 		c.log.Debug("create certificate failed",
 			zap.Duration("ttl", ttl),
 			zap.Duration("duration", elapsed),
@@ -192,7 +196,7 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 			zap.Error(err))
 		return nil, c.callError(err, cn, budget)
 	}
-	c.release(cn, false)
+	c.release(cn, connOK)
 	chain := resp.GetCertChain()
 	if err := checkChain(chain); err != nil {
 		c.log.Debug("create certificate failed",

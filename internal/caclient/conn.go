@@ -128,18 +128,39 @@ func loadRoots(path string) (*x509.CertPool, error) {
 
 // acquire returns the channel for a call, replacing the current one if a
 // call on it failed to reach the CA. release must follow.
-func (c *Client) acquire() (*conn, error) { return c.acquireConn(true) }
+func (c *Client) acquire() (*conn, error) { return c.acquireConn(replaceFailing) }
 
-// acquireConn is acquire; replaceFailing also replaces a channel that is
-// in TRANSIENT_FAILURE (a call does not wait out its reconnect backoff; a
-// probe does).
-func (c *Client) acquireConn(replaceFailing bool) (*conn, error) {
+// failingPolicy says what acquireConn does with a channel in
+// TRANSIENT_FAILURE.
+type failingPolicy bool
+
+const (
+	// keepFailing keeps it: a probe waits out its reconnect backoff.
+	keepFailing failingPolicy = false
+	// replaceFailing dials a new one: a call does not wait.
+	replaceFailing failingPolicy = true
+)
+
+// connHealth is what a call learnt of its channel, for release.
+type connHealth bool
+
+const (
+	// connOK leaves the channel in use.
+	connOK connHealth = false
+	// connUnreachable marks it for replacement: the call did not reach
+	// the CA on it.
+	connUnreachable connHealth = true
+)
+
+// acquireConn is acquire, treating a channel in TRANSIENT_FAILURE as
+// failing says.
+func (c *Client) acquireConn(failing failingPolicy) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errors.New("create certificate: ca client is closed")
 	}
-	if c.cur.failed || (replaceFailing && c.cur.cc.GetState() == connectivity.TransientFailure) {
+	if c.cur.failed || (failing == replaceFailing && c.cur.cc.GetState() == connectivity.TransientFailure) {
 		cn, err := c.dial()
 		if err != nil {
 			return nil, err
@@ -155,12 +176,12 @@ func (c *Client) acquireConn(replaceFailing bool) (*conn, error) {
 	return c.cur, nil
 }
 
-// release ends a call on cn; failed marks cn for replacement.
-func (c *Client) release(cn *conn, failed bool) {
+// release ends a call on cn; connUnreachable marks cn for replacement.
+func (c *Client) release(cn *conn, health connHealth) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cn.refs--
-	if failed {
+	if health == connUnreachable {
 		cn.failed = true
 	}
 	if cn.retired && cn.refs == 0 {
