@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -107,17 +106,9 @@ func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
 
 // loadRoots reads the PEM roots in path.
 func loadRoots(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
+	certs, err := pki.ReadCARootFile(path)
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	certs, err := pki.ParseCertificates(data)
-	if err != nil {
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
+		return nil, err
 	}
 	pool := x509.NewCertPool()
 	for _, cert := range certs {

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"strings"
 
 	"github.com/sdsagent/sdsagent/internal/pki"
@@ -25,7 +23,7 @@ func (c *Client) completeChain(leafPEM, signerPEM string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cfssl info: signer certificate: %w", err)
 	}
-	file, err := loadCerts(c.cfg.RootCertFile)
+	file, err := pki.ReadCARootFile(c.cfg.RootCertFile)
 	if err != nil {
 		return nil, err
 	}
@@ -75,23 +73,6 @@ func issuerIn(certs []*x509.Certificate, c *x509.Certificate) *x509.Certificate 
 	return nil
 }
 
-// loadCerts reads the PEM certificates in path.
-func loadCerts(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	certs, err := pki.ParseCertificates(data)
-	if err != nil {
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	return certs, nil
-}
-
 // serverVerifyError is a failed verification of CFSSL's TLS certificate.
 type serverVerifyError struct{ err error }
 
@@ -101,7 +82,7 @@ func (e *serverVerifyError) Unwrap() error { return e.err }
 // verifyServer verifies CFSSL's certificate chain against the certificates
 // in rootFile and that the leaf is valid for serverName.
 func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
-	certs, err := loadCerts(rootFile)
+	certs, err := pki.ReadCARootFile(rootFile)
 	if err != nil {
 		return &serverVerifyError{err}
 	}
