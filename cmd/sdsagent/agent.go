@@ -141,14 +141,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		Demander:   mgr,
 		Logger:     log,
 		Metrics:    m,
-		Limits: sds.Limits{
-			MaxNamesPerRequest: cfg.Limits.MaxNamesPerRequest,
-			MaxNameBytes:       cfg.Limits.MaxNameBytes,
-			MaxStreamsPerConn:  cfg.Limits.MaxStreamsPerConn,
-			MaxStreams:         cfg.Limits.MaxStreams,
-			MaxMessageBytes:    cfg.Limits.MaxMessageBytes,
-			HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
-		},
+		Limits:     cfg.Limits.SDS,
 	})
 	if err != nil {
 		return err

@@ -17,13 +17,15 @@ func TestAgentDefaultsAreTheOwningPackages(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Limits{
-		MaxNamesPerRequest: sds.DefaultMaxNamesPerRequest,
-		MaxNameBytes:       sds.DefaultMaxNameBytes,
-		MaxStreamsPerConn:  sds.DefaultMaxStreamsPerConn,
-		MaxStreams:         sds.DefaultMaxStreams,
-		MaxMessageBytes:    sds.DefaultMaxMessageBytes,
-		HandshakeTimeout:   sds.DefaultHandshakeTimeout,
-		MaxWatchedFiles:    cache.DefaultMaxWatchedFiles,
+		SDS: sds.Limits{
+			MaxNamesPerRequest: sds.DefaultMaxNamesPerRequest,
+			MaxNameBytes:       sds.DefaultMaxNameBytes,
+			MaxStreamsPerConn:  sds.DefaultMaxStreamsPerConn,
+			MaxStreams:         sds.DefaultMaxStreams,
+			MaxMessageBytes:    sds.DefaultMaxMessageBytes,
+			HandshakeTimeout:   sds.DefaultHandshakeTimeout,
+		},
+		MaxWatchedFiles: cache.DefaultMaxWatchedFiles,
 	}
 	if a.Socket != sds.DefaultSocketPath || a.SocketMode != sds.DefaultSocketMode ||
 		a.SecretTTL != cache.DefaultTTL || a.GraceRatio != cache.DefaultGraceRatio || a.GraceJitter != cache.DefaultGraceJitter ||

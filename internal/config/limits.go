@@ -10,16 +10,13 @@ import (
 	"github.com/sdsagent/sdsagent/sds"
 )
 
-// Limits are the agent's bounds on what SDS clients may ask for (see
-// sds.Limits and cache.Config.MaxWatchedFiles).
+// Limits are the agent's bounds on what SDS clients may ask for.
 type Limits struct {
-	MaxNamesPerRequest int
-	MaxNameBytes       int
-	MaxStreamsPerConn  int
-	MaxStreams         int
-	MaxMessageBytes    int
-	HandshakeTimeout   time.Duration
-	MaxWatchedFiles    int
+	// SDS bounds the SDS server; it is handed to sds.Config as is.
+	SDS sds.Limits
+	// MaxWatchedFiles bounds the files file-* names may make the agent
+	// watch (cache.Config.MaxWatchedFiles).
+	MaxWatchedFiles int
 }
 
 // limitSettings are the agent's limit settings, at the end of its table.
@@ -38,17 +35,19 @@ func limitSettings() []Setting {
 // limits resolves the limit settings; each must be positive.
 func (r *resolver) limits() Limits {
 	l := Limits{
-		MaxNamesPerRequest: r.positiveInt("sds-max-names-per-request"),
-		MaxNameBytes:       r.positiveInt("sds-max-name-bytes"),
-		MaxStreamsPerConn:  r.positiveInt("sds-max-streams-per-connection"),
-		MaxStreams:         r.positiveInt("sds-max-streams"),
-		MaxMessageBytes:    r.positiveInt("sds-max-message-bytes"),
-		HandshakeTimeout:   r.duration("sds-handshake-timeout"),
-		MaxWatchedFiles:    r.positiveInt("max-watched-files"),
+		SDS: sds.Limits{
+			MaxNamesPerRequest: r.positiveInt("sds-max-names-per-request"),
+			MaxNameBytes:       r.positiveInt("sds-max-name-bytes"),
+			MaxStreamsPerConn:  r.positiveInt("sds-max-streams-per-connection"),
+			MaxStreams:         r.positiveInt("sds-max-streams"),
+			MaxMessageBytes:    r.positiveInt("sds-max-message-bytes"),
+			HandshakeTimeout:   r.duration("sds-handshake-timeout"),
+		},
+		MaxWatchedFiles: r.positiveInt("max-watched-files"),
 	}
-	if l.HandshakeTimeout <= 0 && r.err() == nil {
+	if l.SDS.HandshakeTimeout <= 0 && r.err() == nil {
 		_, from := r.source("sds-handshake-timeout")
-		r.fail(fmt.Errorf("%s: must be positive, got %s", from, l.HandshakeTimeout))
+		r.fail(fmt.Errorf("%s: must be positive, got %s", from, l.SDS.HandshakeTimeout))
 	}
 	return l
 }
