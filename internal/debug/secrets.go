@@ -186,7 +186,7 @@ func (s *Server) writeDump(w http.ResponseWriter, render func(*SecretsDump) ([]b
 }
 
 // fail logs err and answers 500 with it. Errors here never hold key
-// bytes: ToProto never sees the key, and checkNoKeys names only resources.
+// bytes: Proto never sees the key, and checkNoKeys names only resources.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	s.log.Error("debug view failed", zap.Error(err))
 	http.Error(w, err.Error(), http.StatusInternalServerError)
