@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/internal/caapi"
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // defaultTimeout bounds a call when Config.Timeout is zero: long enough for
@@ -122,7 +123,7 @@ func New(cfg Config) (*Client, error) {
 		if cfg.ServerName == "" {
 			return nil, fmt.Errorf("caclient config: CA address %q has no host to verify; set a server name", cfg.Addr)
 		}
-		if _, err := loadRoots(cfg.RootCertFile); err != nil {
+		if _, err := pki.ReadCARootFile(cfg.RootCertFile); err != nil {
 			log.Warn("ca root certificate not usable yet; it is read again on every connection", zap.Error(err))
 		}
 	}

@@ -2,7 +2,6 @@ package caclient
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -82,39 +81,17 @@ func (c *Client) transportCredentials(cn *conn) credentials.TransportCredentials
 // verifyServer verifies the CA's certificate chain against the roots in
 // rootFile, and that the leaf is valid for serverName.
 func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
-	roots, err := loadRoots(rootFile)
+	roots, err := pki.ReadCARootFile(rootFile)
 	if err != nil {
 		return err
 	}
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("verify CA certificate: CA sent no certificate")
 	}
-	opts := x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: x509.NewCertPool(),
-		DNSName:       serverName,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, ic := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(ic)
-	}
-	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+	if err := pki.VerifyServerChain(cs.PeerCertificates, roots, serverName); err != nil {
 		return fmt.Errorf("verify CA certificate: %w", err)
 	}
 	return nil
-}
-
-// loadRoots reads the PEM roots in path.
-func loadRoots(path string) (*x509.CertPool, error) {
-	certs, err := pki.ReadCARootFile(path)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	for _, cert := range certs {
-		pool.AddCert(cert)
-	}
-	return pool, nil
 }
 
 // acquire returns the channel for a call, replacing the current one if a

@@ -89,20 +89,7 @@ func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
 	if len(cs.PeerCertificates) == 0 {
 		return &serverVerifyError{errors.New("CFSSL sent no certificate")}
 	}
-	roots := x509.NewCertPool()
-	for _, c := range certs {
-		roots.AddCert(c)
-	}
-	opts := x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: x509.NewCertPool(),
-		DNSName:       serverName,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, ic := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(ic)
-	}
-	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+	if err := pki.VerifyServerChain(cs.PeerCertificates, certs, serverName); err != nil {
 		return &serverVerifyError{err}
 	}
 	return nil
