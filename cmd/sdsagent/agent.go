@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"io"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -19,36 +18,6 @@ import (
 	"github.com/sdsagent/sdsagent/internal/pki"
 	"github.com/sdsagent/sdsagent/sds"
 )
-
-// releaseDelay lets Envoy's first requests, which arrive as the first
-// certificate does, be served before startup pages are released.
-const releaseDelay = 2 * time.Second
-
-// releaseStartupMemory waits until the first certificate is served and
-// its first requests answered, then lets the kernel reclaim the binary's
-// pages that only startup touched.
-func releaseStartupMemory(ctx context.Context, mgr *cache.Manager, log *zap.Logger) {
-	updates, cancel := mgr.Subscribe()
-	defer cancel()
-	for mgr.Ready() != nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-updates:
-		}
-	}
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(releaseDelay):
-	}
-	n, err := memtrim.Release()
-	if err != nil {
-		log.Debug("startup memory not released", zap.Error(err))
-		return
-	}
-	log.Debug("startup memory released", zap.Int("bytes_advised", n))
-}
 
 // runAgent is `sdsagent run`.
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
@@ -191,14 +160,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 			Versions:   srv.Versions,
 			NameErrors: mgr.NameErrors,
 			PeerCheck:  peerCheck,
-			Streams: func() []debug.StreamInfo {
-				in := srv.Streams()
-				out := make([]debug.StreamInfo, len(in))
-				for i, s := range in {
-					out[i] = debug.StreamInfo(s)
-				}
-				return out
-			},
+			Streams:    debugStreams(srv),
 		})
 		if err != nil {
 			return err
@@ -206,10 +168,13 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		tasks = append(tasks, dbg.Run)
 	}
 	if cfg.ReleaseMemory {
-		tasks = append(tasks, func(ctx context.Context) error {
-			releaseStartupMemory(ctx, mgr, log)
-			return nil
+		startup, err := memtrim.NewStartupReleaser(memtrim.StartupConfig{
+			Served: firstCertificate(mgr), Clock: clock.Real(), Logger: log,
 		})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, startup.Run)
 	}
 
 	log.Info("starting agent",
