@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/sdsagent/sdsagent/cache"
+	"github.com/sdsagent/sdsagent/internal/config"
 	"github.com/sdsagent/sdsagent/internal/debug"
 	"github.com/sdsagent/sdsagent/sds"
 )
@@ -38,4 +39,13 @@ func debugStreams(srv *sds.Server) func() []debug.StreamInfo {
 		}
 		return out
 	}
+}
+
+// trustBundleFiles turns --trust-bundle settings into cache's form.
+func trustBundleFiles(in []config.TrustBundle) []cache.TrustBundleFile {
+	var out []cache.TrustBundleFile
+	for _, b := range in {
+		out = append(out, cache.TrustBundleFile{TrustDomain: b.TrustDomain, Path: b.Path})
+	}
+	return out
 }

@@ -8,7 +8,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/cache"
-	"github.com/sdsagent/sdsagent/internal/caclient"
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/config"
 	"github.com/sdsagent/sdsagent/internal/debug"
@@ -38,44 +37,13 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 
-	// The workload certificate comes from mounted files or from the CA.
-	mountedDir, certSource := "", "ca"
-	if cfg.MountedCerts == config.MountedOn || (cfg.MountedCerts == config.MountedAuto && cache.MountedCertsPresent(cfg.CertDir)) {
-		mountedDir, certSource = cfg.CertDir, "files"
+	plan := cfg.CertPlan(cache.MountedCertsPresent)
+	client, err := newSigner(cfg, plan.Signer, log)
+	if err != nil {
+		return err
 	}
-	var signer cache.Signer
-	if mountedDir == "" && cfg.CAProvider == config.ProviderCFSSL {
-		client, err := newCFSSLSigner(cfg, log)
-		if err != nil {
-			return err
-		}
+	if client != nil {
 		defer client.Close()
-		signer = client
-	} else if mountedDir == "" {
-		client, err := caclient.New(caclient.Config{
-			Addr:         cfg.CAAddr,
-			RootCertFile: cfg.CARootCert,
-			ServerName:   cfg.CAServerName,
-			Plaintext:    cfg.CAPlaintext,
-			TokenFile:    cfg.TokenFile,
-			ClusterID:    cfg.ClusterID,
-			Timeout:      cfg.CATimeout,
-			Logger:       log,
-		})
-		if err != nil {
-			return err
-		}
-		defer client.Close()
-		signer = client
-	}
-
-	var bundles []cache.TrustBundleFile
-	for _, b := range cfg.TrustBundles {
-		bundles = append(bundles, cache.TrustBundleFile{TrustDomain: b.TrustDomain, Path: b.Path})
-	}
-	caRootFile := cfg.CARootCert
-	if cfg.CAPlaintext && cfg.CAProvider != config.ProviderCFSSL {
-		caRootFile = ""
 	}
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
@@ -83,20 +51,20 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		TTL:         cfg.SecretTTL,
 		GraceRatio:  cfg.GraceRatio,
 		GraceJitter: cfg.GraceJitter,
-		Signer:      signer,
+		Signer:      client, // nil with mounted files
 		Clock:       clock.Real(),
 		Logger:      log,
 		Metrics:     m,
 		// Files: the mounted workload certificate, file-cert: and file-root:.
-		MountedCertDir: mountedDir,
+		MountedCertDir: plan.MountedCertDir,
 		FileResync:     cfg.FileResync,
 		// Trust: the CA's root file (a change renews at once), extra
 		// anchors, the overlap of a replaced root, SPIFFE bundles.
-		CARootCertFile:   caRootFile,
+		CARootCertFile:   plan.CARootFile,
 		TrustAnchorsFile: cfg.TrustAnchors,
 		RootOverlap:      cfg.RootOverlap,
 		SPIFFEValidator:  cfg.SPIFFEValidator,
-		TrustBundleFiles: bundles,
+		TrustBundleFiles: trustBundleFiles(cfg.TrustBundles),
 		CRLFile:          cfg.CRLFile,
 		MaxWatchedFiles:  cfg.Limits.MaxWatchedFiles,
 	})
@@ -193,7 +161,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.Uint32s("allowed_gids", cfg.AllowedGIDs),
 		zap.String("crl_file", cfg.CRLFile),
 	)
-	log.Info("workload certificate source", zap.String("source", certSource),
+	log.Info("workload certificate source", zap.String("source", string(plan.Source)),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))
 	err = runAll(ctx, tasks...)
 	if err != nil {
