@@ -20,16 +20,14 @@ import (
 
 // runAgent is `sdsagent run`.
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := config.ParseAgent(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
+	return command(args, getenv, stderr, config.ParseAgent, func(cfg config.Agent, log *zap.Logger) error {
+		return serveAgent(ctx, cfg, log)
+	})
+}
 
+// serveAgent builds the agent's components from cfg and runs them until
+// ctx ends or one fails.
+func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	id, err := pki.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount)
 	if err != nil {
 		return err
