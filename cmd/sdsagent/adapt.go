@@ -49,3 +49,12 @@ func trustBundleFiles(in []config.TrustBundle) []cache.TrustBundleFile {
 	}
 	return out
 }
+
+// sdsLoad returns memtrim's Load: srv's open connections plus streams,
+// what the heap grows with.
+func sdsLoad(srv *sds.Server) func() int {
+	return func() int {
+		conns, streams := srv.Open()
+		return conns + streams
+	}
+}

@@ -32,6 +32,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	clk := clock.Real()
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 
@@ -50,7 +51,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 		GraceRatio:  cfg.GraceRatio,
 		GraceJitter: cfg.GraceJitter,
 		Signer:      client, // nil with mounted files
-		Clock:       clock.Real(),
+		Clock:       clk,
 		Logger:      log,
 		Metrics:     m,
 		// Files: the mounted workload certificate, file-cert: and file-root:.
@@ -90,11 +91,8 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	// Memory that thousands of closed connections leave behind goes back
 	// to the OS once the load has fallen, not minutes later.
 	heap, err := memtrim.NewHeapReleaser(memtrim.HeapConfig{
-		Load: func() int {
-			conns, streams := srv.Open()
-			return conns + streams
-		},
-		Clock:  clock.Real(),
+		Load:   sdsLoad(srv),
+		Clock:  clk,
 		Logger: log,
 	})
 	if err != nil {
@@ -102,9 +100,9 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	}
 	tasks := []func(context.Context) error{mgr.Run, srv.Run, heap.Run}
 	var peerCheck func() peercred.Stats
-	if len(cfg.AllowedUIDs) > 0 || len(cfg.AllowedGIDs) > 0 {
+	if cfg.CheckPeers() {
 		g := &guardedSDS{srv: srv, path: cfg.Socket, mode: cfg.SocketMode, cfg: peercred.Config{
-			UIDs: cfg.AllowedUIDs, GIDs: cfg.AllowedGIDs, Clock: clock.Real(), Logger: log, Refused: m.SDSConnectionsRefused,
+			UIDs: cfg.AllowedUIDs, GIDs: cfg.AllowedGIDs, Clock: clk, Logger: log, Refused: m.SDSConnectionsRefused,
 		}}
 		tasks[1], peerCheck = g.Run, g.Stats
 	}
@@ -135,7 +133,7 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	}
 	if cfg.ReleaseMemory {
 		startup, err := memtrim.NewStartupReleaser(memtrim.StartupConfig{
-			Served: firstCertificate(mgr), Clock: clock.Real(), Logger: log,
+			Served: firstCertificate(mgr), Clock: clk, Logger: log,
 		})
 		if err != nil {
 			return err

@@ -40,3 +40,9 @@ func (a Agent) CertPlan(filesPresent func(dir string) bool) CertPlan {
 	}
 	return p
 }
+
+// CheckPeers reports whether callers of the SDS socket are checked
+// against --allowed-uids/--allowed-gids: when either list is set.
+func (a Agent) CheckPeers() bool {
+	return len(a.AllowedUIDs) > 0 || len(a.AllowedGIDs) > 0
+}

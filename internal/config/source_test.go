@@ -39,3 +39,14 @@ func TestAgentCertPlan(t *testing.T) {
 		})
 	}
 }
+
+func TestAgentCheckPeers(t *testing.T) {
+	for _, tt := range []struct {
+		uids, gids []uint32
+		want       bool
+	}{{nil, nil, false}, {[]uint32{0}, nil, true}, {nil, []uint32{1000}, true}, {[]uint32{1}, []uint32{2}, true}} {
+		if got := (Agent{AllowedUIDs: tt.uids, AllowedGIDs: tt.gids}).CheckPeers(); got != tt.want {
+			t.Errorf("CheckPeers with uids %v gids %v = %v, want %v", tt.uids, tt.gids, got, tt.want)
+		}
+	}
+}
