@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"io"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/cache"
-	"github.com/sdsagent/sdsagent/internal/caclient"
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/config"
 	"github.com/sdsagent/sdsagent/internal/debug"
@@ -20,93 +18,31 @@ import (
 	"github.com/sdsagent/sdsagent/sds"
 )
 
-// releaseDelay lets Envoy's first requests, which arrive as the first
-// certificate does, be served before startup pages are released.
-const releaseDelay = 2 * time.Second
-
-// releaseStartupMemory waits until the first certificate is served and
-// its first requests answered, then lets the kernel reclaim the binary's
-// pages that only startup touched.
-func releaseStartupMemory(ctx context.Context, mgr *cache.Manager, log *zap.Logger) {
-	updates, cancel := mgr.Subscribe()
-	defer cancel()
-	for mgr.Ready() != nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-updates:
-		}
-	}
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(releaseDelay):
-	}
-	n, err := memtrim.Release()
-	if err != nil {
-		log.Debug("startup memory not released", zap.Error(err))
-		return
-	}
-	log.Debug("startup memory released", zap.Int("bytes_advised", n))
-}
-
 // runAgent is `sdsagent run`.
 func runAgent(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := config.ParseAgent(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
+	return command(args, getenv, stderr, config.ParseAgent, func(cfg config.Agent, log *zap.Logger) error {
+		return serveAgent(ctx, cfg, log)
+	})
+}
 
+// serveAgent builds the agent's components from cfg and runs them until
+// ctx ends or one fails.
+func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	id, err := pki.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount)
 	if err != nil {
 		return err
 	}
+	clk := clock.Real()
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 
-	// The workload certificate comes from mounted files or from the CA.
-	mountedDir, certSource := "", "ca"
-	if cfg.MountedCerts == config.MountedOn || (cfg.MountedCerts == config.MountedAuto && cache.MountedCertsPresent(cfg.CertDir)) {
-		mountedDir, certSource = cfg.CertDir, "files"
+	plan := cfg.CertPlan(cache.MountedCertsPresent)
+	client, err := newSigner(cfg, plan.Signer, log)
+	if err != nil {
+		return err
 	}
-	var signer cache.Signer
-	if mountedDir == "" && cfg.CAProvider == config.ProviderCFSSL {
-		client, err := newCFSSLSigner(cfg, log)
-		if err != nil {
-			return err
-		}
+	if client != nil {
 		defer client.Close()
-		signer = client
-	} else if mountedDir == "" {
-		client, err := caclient.New(caclient.Config{
-			Addr:         cfg.CAAddr,
-			RootCertFile: cfg.CARootCert,
-			ServerName:   cfg.CAServerName,
-			Plaintext:    cfg.CAPlaintext,
-			TokenFile:    cfg.TokenFile,
-			ClusterID:    cfg.ClusterID,
-			Timeout:      cfg.CATimeout,
-			Logger:       log,
-		})
-		if err != nil {
-			return err
-		}
-		defer client.Close()
-		signer = client
-	}
-
-	var bundles []cache.TrustBundleFile
-	for _, b := range cfg.TrustBundles {
-		bundles = append(bundles, cache.TrustBundleFile{TrustDomain: b.TrustDomain, Path: b.Path})
-	}
-	caRootFile := cfg.CARootCert
-	if cfg.CAPlaintext && cfg.CAProvider != config.ProviderCFSSL {
-		caRootFile = ""
 	}
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
@@ -114,20 +50,20 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		TTL:         cfg.SecretTTL,
 		GraceRatio:  cfg.GraceRatio,
 		GraceJitter: cfg.GraceJitter,
-		Signer:      signer,
-		Clock:       clock.Real(),
+		Signer:      client, // nil with mounted files
+		Clock:       clk,
 		Logger:      log,
 		Metrics:     m,
 		// Files: the mounted workload certificate, file-cert: and file-root:.
-		MountedCertDir: mountedDir,
+		MountedCertDir: plan.MountedCertDir,
 		FileResync:     cfg.FileResync,
 		// Trust: the CA's root file (a change renews at once), extra
 		// anchors, the overlap of a replaced root, SPIFFE bundles.
-		CARootCertFile:   caRootFile,
+		CARootCertFile:   plan.CARootFile,
 		TrustAnchorsFile: cfg.TrustAnchors,
 		RootOverlap:      cfg.RootOverlap,
 		SPIFFEValidator:  cfg.SPIFFEValidator,
-		TrustBundleFiles: bundles,
+		TrustBundleFiles: trustBundleFiles(cfg.TrustBundles),
 		CRLFile:          cfg.CRLFile,
 		MaxWatchedFiles:  cfg.Limits.MaxWatchedFiles,
 	})
@@ -149,11 +85,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	// Memory that thousands of closed connections leave behind goes back
 	// to the OS once the load has fallen, not minutes later.
 	heap, err := memtrim.NewHeapReleaser(memtrim.HeapConfig{
-		Load: func() int {
-			conns, streams := srv.Open()
-			return conns + streams
-		},
-		Clock:  clock.Real(),
+		Load:   sdsLoad(srv),
+		Clock:  clk,
 		Logger: log,
 	})
 	if err != nil {
@@ -161,9 +94,9 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	tasks := []func(context.Context) error{mgr.Run, srv.Run, heap.Run}
 	var peerCheck func() peercred.Stats
-	if len(cfg.AllowedUIDs) > 0 || len(cfg.AllowedGIDs) > 0 {
+	if cfg.CheckPeers() {
 		g := &guardedSDS{srv: srv, path: cfg.Socket, mode: cfg.SocketMode, cfg: peercred.Config{
-			UIDs: cfg.AllowedUIDs, GIDs: cfg.AllowedGIDs, Clock: clock.Real(), Logger: log, Refused: m.SDSConnectionsRefused,
+			UIDs: cfg.AllowedUIDs, GIDs: cfg.AllowedGIDs, Clock: clk, Logger: log, Refused: m.SDSConnectionsRefused,
 		}}
 		tasks[1], peerCheck = g.Run, g.Stats
 	}
@@ -184,14 +117,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 			Versions:   srv.Versions,
 			NameErrors: mgr.NameErrors,
 			PeerCheck:  debugPeerCheck(peerCheck),
-			Streams: func() []debug.StreamInfo {
-				in := srv.Streams()
-				out := make([]debug.StreamInfo, len(in))
-				for i, s := range in {
-					out[i] = debug.StreamInfo(s)
-				}
-				return out
-			},
+			Streams:    debugStreams(srv),
 		})
 		if err != nil {
 			return err
@@ -199,10 +125,13 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		tasks = append(tasks, dbg.Run)
 	}
 	if cfg.ReleaseMemory {
-		tasks = append(tasks, func(ctx context.Context) error {
-			releaseStartupMemory(ctx, mgr, log)
-			return nil
+		startup, err := memtrim.NewStartupReleaser(memtrim.StartupConfig{
+			Served: firstCertificate(mgr), Clock: clk, Logger: log,
 		})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, startup.Run)
 	}
 
 	log.Info("starting agent",
@@ -221,7 +150,7 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 		zap.Uint32s("allowed_gids", cfg.AllowedGIDs),
 		zap.String("crl_file", cfg.CRLFile),
 	)
-	log.Info("workload certificate source", zap.String("source", certSource),
+	log.Info("workload certificate source", zap.String("source", string(plan.Source)),
 		zap.String("cert_dir", cfg.CertDir), zap.String("file_mounted_certs", string(cfg.MountedCerts)))
 	err = runAll(ctx, tasks...)
 	if err != nil {

@@ -46,19 +46,22 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 			return runCARevoke(args[1:], getenv, stderr)
 		}
 	}
+	return command(args, getenv, stderr, parseCA, func(cfg config.CA, log *zap.Logger) error {
+		return serveCA(ctx, cfg, log)
+	})
+}
+
+// parseCA is config.ParseCA, with the subcommands listed after --help.
+func parseCA(args []string, getenv func(string) string, stderr io.Writer) (config.CA, error) {
 	cfg, err := config.ParseCA(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stderr, caSubcommandsUsage)
 	}
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
+	return cfg, err
+}
 
+// serveCA runs the development CA until ctx ends.
+func serveCA(ctx context.Context, cfg config.CA, log *zap.Logger) error {
 	ca, err := devca.New(devca.Config{
 		Dir:         cfg.Dir,
 		TrustDomain: cfg.TrustDomain,
@@ -92,68 +95,47 @@ func runCA(ctx context.Context, args []string, getenv func(string) string, stder
 
 // runCARevoke is `sdsagent ca revoke`.
 func runCARevoke(args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := config.ParseCARevoke(args, getenv, stderr)
-	if err != nil {
+	return command(args, getenv, stderr, config.ParseCARevoke, func(cfg config.CARevoke, log *zap.Logger) error {
+		_, err := devca.Revoke(devca.RevokeConfig{
+			Dir:         cfg.Dir,
+			Serial:      cfg.Serial,
+			Reason:      cfg.Reason,
+			CRLValidity: cfg.CRLValidity,
+			Clock:       clock.Real(),
+			Logger:      log,
+		})
 		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	_, err = devca.Revoke(devca.RevokeConfig{
-		Dir:         cfg.Dir,
-		Serial:      cfg.Serial,
-		Reason:      cfg.Reason,
-		CRLValidity: cfg.CRLValidity,
-		Clock:       clock.Real(),
-		Logger:      log,
 	})
-	return err
 }
 
 // runCAInitRoot is `sdsagent ca init-root`.
 func runCAInitRoot(args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := config.ParseCAInitRoot(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	return devca.InitRoot(devca.RootConfig{
-		Dir:          cfg.Dir,
-		CommonName:   cfg.CommonName,
-		Organization: cfg.Organization,
-		TTL:          cfg.TTL,
-		KeyType:      cfg.KeyType,
-		Clock:        clock.Real(),
-		Logger:       log,
+	return command(args, getenv, stderr, config.ParseCAInitRoot, func(cfg config.CAInitRoot, log *zap.Logger) error {
+		return devca.InitRoot(devca.RootConfig{
+			Dir:          cfg.Dir,
+			CommonName:   cfg.CommonName,
+			Organization: cfg.Organization,
+			TTL:          cfg.TTL,
+			KeyType:      cfg.KeyType,
+			Clock:        clock.Real(),
+			Logger:       log,
+		})
 	})
 }
 
 // runCAInitIntermediate is `sdsagent ca init-intermediate`.
 func runCAInitIntermediate(args []string, getenv func(string) string, stderr io.Writer) error {
-	cfg, err := config.ParseCAInitIntermediate(args, getenv, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = log.Sync() }()
-	return devca.InitIntermediate(devca.IntermediateConfig{
-		RootDir:          cfg.RootDir,
-		Dir:              cfg.Dir,
-		TrustDomain:      cfg.TrustDomain,
-		CommonName:       cfg.CommonName,
-		TTL:              cfg.TTL,
-		KeyType:          cfg.KeyType,
-		NoNameConstraint: cfg.NoNameConstraint,
-		Clock:            clock.Real(),
-		Logger:           log,
+	return command(args, getenv, stderr, config.ParseCAInitIntermediate, func(cfg config.CAInitIntermediate, log *zap.Logger) error {
+		return devca.InitIntermediate(devca.IntermediateConfig{
+			RootDir:          cfg.RootDir,
+			Dir:              cfg.Dir,
+			TrustDomain:      cfg.TrustDomain,
+			CommonName:       cfg.CommonName,
+			TTL:              cfg.TTL,
+			KeyType:          cfg.KeyType,
+			NoNameConstraint: cfg.NoNameConstraint,
+			Clock:            clock.Real(),
+			Logger:           log,
+		})
 	})
 }

@@ -19,7 +19,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
+	rtdebug "runtime/debug"
 	"syscall"
 )
 
@@ -89,7 +89,7 @@ func versionString() string {
 	if version != "" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+	if bi, ok := rtdebug.ReadBuildInfo(); ok && bi.Main.Version != "" {
 		return bi.Main.Version
 	}
 	return "(devel)"

@@ -49,7 +49,7 @@ func TestSecretsCommand(t *testing.T) {
 	noEnv := func(string) string { return "" }
 	envAddr := func(addr string) func(string) string {
 		return func(k string) string {
-			if k == httpAddrEnv {
+			if k == "SDSAGENT_HTTP_ADDR" {
 				return addr
 			}
 			return ""

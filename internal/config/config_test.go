@@ -162,8 +162,12 @@ func TestREADMEDocumentsEverySetting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range slices.Concat(AgentSettings(), CASettings(), CAInitRootSettings(), CAInitIntermediateSettings(), CARevokeSettings()) {
-		if !strings.Contains(string(readme), "`--"+s.Flag+"`") {
+	for _, s := range slices.Concat(AgentSettings(), CASettings(), CAInitRootSettings(), CAInitIntermediateSettings(), CARevokeSettings(), SecretsSettings()) {
+		dashes := "--"
+		if len(s.Flag) == 1 {
+			dashes = "-" // a one-letter flag, like secrets' -o, is written so
+		}
+		if !strings.Contains(string(readme), "`"+dashes+s.Flag+"`") {
 			t.Errorf("README does not document --%s", s.Flag)
 		}
 	}

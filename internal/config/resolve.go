@@ -28,7 +28,11 @@ func PrintUsage(w io.Writer, usage string, settings []Setting) {
 		if def == "" {
 			def = `""`
 		}
-		fmt.Fprintf(tw, "--%s\t%s\t%s\t%s\n", s.Flag, s.Env, def, s.Usage)
+		dashes := "--"
+		if len(s.Flag) == 1 {
+			dashes = "-"
+		}
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\n", dashes, s.Flag, s.Env, def, s.Usage)
 	}
 	tw.Flush()
 }
