@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 )
 
 // Names of kubelet's projected-volume layout (AtomicWriter), which
@@ -57,7 +59,7 @@ type osFS struct{}
 func (osFS) Symlink(target, path string) error { return os.Symlink(target, path) }
 func (osFS) Rename(from, to string) error      { return os.Rename(from, to) }
 func (osFS) RemoveAll(path string) error       { return os.RemoveAll(path) }
-func (osFS) SyncDir(dir string) error          { return syncDir(dir) }
+func (osFS) SyncDir(dir string) error          { return atomicfile.SyncDir(dir) }
 
 func (osFS) MkdirTemp(dir, pattern string) (string, error) {
 	path, err := os.MkdirTemp(dir, pattern)
@@ -73,23 +75,8 @@ func (osFS) MkdirTemp(dir, pattern string) (string, error) {
 	return path, nil
 }
 
-func (osFS) WriteFile(path string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if err := f.Chmod(mode); err != nil { // whatever the umask
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		return err
-	}
-	return f.Sync()
+func (osFS) WriteFile(path string, data []byte, mode os.FileMode) error {
+	return atomicfile.Create(path, data, mode)
 }
 
 // outputState is what a directory holds, read without changing it.

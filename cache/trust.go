@@ -44,7 +44,8 @@ type trust struct {
 	metrics     *metrics.Metrics
 	trustDomain string
 	overlap     time.Duration
-	spiffe      bool
+	// rootCAForm is how ROOTCA carries its roots (Config.SPIFFEValidator).
+	rootCAForm rootsForm
 
 	mu       sync.Mutex
 	primary  []*x509.Certificate
@@ -94,7 +95,7 @@ func newTrust(cfg trustConfig) *trust {
 		metrics:       cfg.metrics,
 		trustDomain:   cfg.trustDomain,
 		overlap:       cfg.overlap,
-		spiffe:        cfg.spiffe,
+		rootCAForm:    rootsForm(cfg.spiffe),
 		bundles:       map[string][]*x509.Certificate{},
 		servedBundles: map[string][]*x509.Certificate{},
 	}
@@ -259,9 +260,9 @@ func (t *trust) composeLocked(cause string, chain []*x509.Certificate) rootsUpda
 	own := composeRoots(t.primary, t.retiring, t.anchors)
 	t.acceptCRLsLocked(own, chain)
 	bundles := t.bundlesFor(own)
-	u := rootsUpdate{set: []*Secret{t.rootsSecret(RootCertName, own, bundles, t.spiffe)}}
+	u := rootsUpdate{set: []*Secret{t.rootsSecret(RootCertName, own, bundles, t.rootCAForm)}}
 	if t.wantAll && len(bundles) > 0 {
-		u.set = append(u.set, t.rootsSecret(AllBundlesName, own, bundles, true))
+		u.set = append(u.set, t.rootsSecret(AllBundlesName, own, bundles, spiffeForm))
 	} else {
 		u.remove = []string{AllBundlesName}
 	}
@@ -296,9 +297,20 @@ func (t *trust) bundlesFor(own []*x509.Certificate) []TrustBundle {
 	return out
 }
 
+// rootsForm is how a ValidationContext carries its roots.
+type rootsForm bool
+
+const (
+	// trustedCAForm serves the own roots as trusted_ca.
+	trustedCAForm rootsForm = false
+	// spiffeForm serves one bundle per trust domain, for Envoy's SPIFFE
+	// certificate validator.
+	spiffeForm rootsForm = true
+)
+
 // rootsSecret returns the ValidationContext named name: own as trusted
-// CAs, or, with spiffe, the bundles.
-func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []TrustBundle, spiffe bool) *Secret {
+// CAs, or, in spiffeForm, the bundles.
+func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []TrustBundle, form rootsForm) *Secret {
 	sec := &Secret{
 		Name:         name,
 		Kind:         ValidationContext,
@@ -306,7 +318,7 @@ func (t *trust) rootsSecret(name string, own []*x509.Certificate, bundles []Trus
 		Certs:        own,
 		Source:       t.source,
 	}
-	if spiffe && len(bundles) > 0 {
+	if form == spiffeForm && len(bundles) > 0 {
 		sec.Bundles = bundles
 		var all []*x509.Certificate
 		for _, b := range bundles {

@@ -18,7 +18,7 @@ import (
 // the request's version says the client has it already.
 func (s *Server) fetch(req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
 	nodeID := ratelog.Cut(req.GetNode().GetId())
-	if err := checkRequest(req.GetNode(), true, req.GetTypeUrl()); err != nil {
+	if err := checkRequest(req.GetNode(), nodeRequired, req.GetTypeUrl()); err != nil {
 		if s.warn.Allow(nil, "fetch rejected") {
 			s.warn.Write("fetch rejected", zap.String("node_id", nodeID), zap.Error(err))
 		}

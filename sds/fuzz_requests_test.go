@@ -40,7 +40,7 @@ import (
 const fuzzWait = 20 * time.Second
 
 // fuzzSource serves a cache.Store and checks names with the agent's own
-// rules (cache.Manager.CheckName). It is not a Demander, so file-backed
+// rules (cache.Manager.CheckName). It takes no demand, so file-backed
 // names never make the fuzzed server read files.
 type fuzzSource struct {
 	*cache.Store

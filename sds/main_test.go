@@ -104,6 +104,9 @@ type harnessOptions struct {
 	source func(*cache.Store) Source
 	// clock is the server's clock; default the real one.
 	clock clock.Clock
+	// noDemander leaves Config.Demander nil even if the source takes
+	// demand.
+	noDemander bool
 	// limits are the server's limits; zero fields get the defaults.
 	limits Limits
 }
@@ -147,9 +150,16 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 	if opts.source != nil {
 		src = opts.source(h.store)
 	}
+	// A source that takes demand (cache.Manager, demandSource) gets it,
+	// as cmd/sdsagent wires it.
+	demander, _ := src.(Demander)
+	if opts.noDemander {
+		demander = nil
+	}
 	h.srv, err = New(Config{
 		SocketPath: h.socket,
 		Source:     src,
+		Demander:   demander,
 		Logger:     zap.New(zapcore.NewTee(core, jsonCore)),
 		Metrics:    h.metrics,
 		Clock:      opts.clock,

@@ -70,8 +70,9 @@ type Source interface {
 	CheckName(name string) error
 }
 
-// Demander is implemented by a Source that loads some secrets only while
-// a stream wants them (cache.Manager: file-cert: and file-root: names).
+// Demander is told which names the streams want, for a Source that loads
+// some secrets only while a stream wants them (cache.Manager: file-cert:
+// and file-root: names). Set it as Config.Demander.
 // The server calls SetDemand with the sorted union of the names every
 // open stream asks for, whenever that union changes: one call at a time,
 // the last call carrying the current union, never while it holds the
@@ -88,6 +89,9 @@ type Config struct {
 	SocketMode os.FileMode
 	// Source supplies the secrets. Required.
 	Source Source
+	// Demander, if set, is told the union of the names the open streams
+	// want (usually the same cache.Manager as Source). Nil: nobody is.
+	Demander Demander
 	// Logger receives the server's logs, under the name "sds". Default Nop.
 	Logger *zap.Logger
 	// Metrics receives the SDS metrics. Default metrics.New(nil).
@@ -342,13 +346,13 @@ func (s *Server) streamsLocked() []StreamInfo {
 	return out
 }
 
-// updateDemand tells a Demander source the union of the names open
+// updateDemand tells the Demander the union of the names open
 // streams want, if it changed since the last call. Holding demandMu while
 // reading the streams and calling SetDemand makes the last state change
 // the last one reported.
 func (s *Server) updateDemand() {
-	d, ok := s.cfg.Source.(Demander)
-	if !ok {
+	d := s.cfg.Demander
+	if d == nil {
 		return
 	}
 	s.demandMu.Lock()

@@ -130,10 +130,12 @@ func (st *stream) handleDelta(req *discoveryv3.DeltaDiscoveryRequest) error {
 // stream.
 func (st *stream) check(r request, lists ...[]string) error {
 	s := st.s
+	rule := nodeOptional
 	if !st.gotRequest {
 		st.nodeID = ratelog.Cut(r.node.GetId())
+		rule = nodeRequired
 	}
-	if err := checkRequest(r.node, !st.gotRequest, r.typeURL); err != nil {
+	if err := checkRequest(r.node, rule, r.typeURL); err != nil {
 		if s.warn.Allow(st.warnLim, "stream rejected") {
 			s.warn.Write("stream rejected", st.fields(zap.Error(err))...)
 		}
@@ -328,11 +330,20 @@ func (st *stream) fields(extra ...zap.Field) []zap.Field {
 	return append([]zap.Field{zap.Int64("stream_id", st.info.id), zap.String("api", st.api), zap.String("node_id", st.nodeID)}, extra...)
 }
 
+// nodeRule says whether a request must carry node.id: the first of a
+// stream and every fetch must, later requests of a stream need not.
+type nodeRule bool
+
+const (
+	nodeOptional nodeRule = false
+	nodeRequired nodeRule = true
+)
+
 // checkRequest returns the gRPC error that ends a stream (or fetch) whose
 // request is not an SDS request this server can answer. An empty type URL
 // is taken as the Secret type, as go-control-plane did.
-func checkRequest(node *corev3.Node, first bool, typeURL string) error {
-	if first && node.GetId() == "" {
+func checkRequest(node *corev3.Node, rule nodeRule, typeURL string) error {
+	if rule == nodeRequired && node.GetId() == "" {
 		return status.Error(codes.InvalidArgument, "missing node information: the first request must carry node.id")
 	}
 	if typeURL != "" && typeURL != secretType {

@@ -74,16 +74,10 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 		SocketPath: cfg.Socket,
 		SocketMode: cfg.SocketMode,
 		Source:     mgr,
+		Demander:   mgr,
 		Logger:     log,
 		Metrics:    m,
-		Limits: sds.Limits{
-			MaxNamesPerRequest: cfg.Limits.MaxNamesPerRequest,
-			MaxNameBytes:       cfg.Limits.MaxNameBytes,
-			MaxStreamsPerConn:  cfg.Limits.MaxStreamsPerConn,
-			MaxStreams:         cfg.Limits.MaxStreams,
-			MaxMessageBytes:    cfg.Limits.MaxMessageBytes,
-			HandshakeTimeout:   cfg.Limits.HandshakeTimeout,
-		},
+		Limits:     cfg.Limits.SDS,
 	})
 	if err != nil {
 		return err
@@ -119,11 +113,10 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 			Ready:      mgr.Ready,
 			Gatherer:   reg,
 			Logger:     log,
-			Secrets:    mgr,
-			ToProto:    sds.ToProto,
+			Secrets:    debugSecrets(mgr, sds.ToProto),
 			Versions:   srv.Versions,
 			NameErrors: mgr.NameErrors,
-			PeerCheck:  peerCheck,
+			PeerCheck:  debugPeerCheck(peerCheck),
 			Streams:    debugStreams(srv),
 		})
 		if err != nil {

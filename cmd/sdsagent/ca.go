@@ -133,7 +133,7 @@ func runCAInitIntermediate(args []string, getenv func(string) string, stderr io.
 			CommonName:       cfg.CommonName,
 			TTL:              cfg.TTL,
 			KeyType:          cfg.KeyType,
-			NoNameConstraint: !cfg.NameConstraint,
+			NoNameConstraint: cfg.NoNameConstraint,
 			Clock:            clock.Real(),
 			Logger:           log,
 		})

@@ -29,7 +29,7 @@ func TestSecretsCommandShowsExpired(t *testing.T) {
 	ready := func() error {
 		return errors.New("workload certificate expired at 2026-12-01T18:00:00Z (1h0m0s ago); last renewal error: CA at istiod:15012 is unreachable")
 	}
-	srv, err := debug.New(debug.Config{Addr: "127.0.0.1:0", Ready: ready, Secrets: store, ToProto: sds.ToProto})
+	srv, err := debug.New(debug.Config{Addr: "127.0.0.1:0", Ready: ready, Secrets: debugSecrets(store, sds.ToProto)})
 	if err != nil {
 		t.Fatal(err)
 	}

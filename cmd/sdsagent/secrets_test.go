@@ -35,7 +35,7 @@ func startSecretsAgent(t *testing.T) *secretsAgent {
 		{Name: cache.WorkloadCertName, Kind: cache.TLSCertificate, CertChainPEM: leaf.ChainPEM, PrivateKeyPEM: pki.PrivateKeyPEM(leaf.KeyPEM)},
 		{Name: cache.RootCertName, Kind: cache.ValidationContext, TrustedCAPEM: root.CertPEM},
 	}, nil)
-	srv, err := debug.New(debug.Config{Addr: "127.0.0.1:0", Ready: func() error { return nil }, Secrets: store, ToProto: sds.ToProto})
+	srv, err := debug.New(debug.Config{Addr: "127.0.0.1:0", Ready: func() error { return nil }, Secrets: debugSecrets(store, sds.ToProto)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/internal/caapi"
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // defaultTimeout bounds a call when Config.Timeout is zero: long enough for
@@ -122,7 +123,7 @@ func New(cfg Config) (*Client, error) {
 		if cfg.ServerName == "" {
 			return nil, fmt.Errorf("caclient config: CA address %q has no host to verify; set a server name", cfg.Addr)
 		}
-		if _, err := loadRoots(cfg.RootCertFile); err != nil {
+		if _, err := pki.ReadCARootFile(cfg.RootCertFile); err != nil {
 			log.Warn("ca root certificate not usable yet; it is read again on every connection", zap.Error(err))
 		}
 	}
@@ -184,7 +185,11 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 	if err != nil {
 		err = redact(err, token)
 		code := status.Code(err)
-		c.release(cn, code == codes.Unavailable)
+		health := connOK
+		if code == codes.Unavailable {
+			health = connUnreachable
+		}
+		c.release(cn, health)
 		c.log.Debug("create certificate failed",
 			zap.Duration("ttl", ttl),
 			zap.Duration("duration", elapsed),
@@ -192,7 +197,7 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 			zap.Error(err))
 		return nil, c.callError(err, cn, budget)
 	}
-	c.release(cn, false)
+	c.release(cn, connOK)
 	chain := resp.GetCertChain()
 	if err := checkChain(chain); err != nil {
 		c.log.Debug("create certificate failed",

@@ -2,10 +2,8 @@ package caclient
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -83,63 +81,54 @@ func (c *Client) transportCredentials(cn *conn) credentials.TransportCredentials
 // verifyServer verifies the CA's certificate chain against the roots in
 // rootFile, and that the leaf is valid for serverName.
 func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
-	roots, err := loadRoots(rootFile)
+	roots, err := pki.ReadCARootFile(rootFile)
 	if err != nil {
 		return err
 	}
 	if len(cs.PeerCertificates) == 0 {
 		return errors.New("verify CA certificate: CA sent no certificate")
 	}
-	opts := x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: x509.NewCertPool(),
-		DNSName:       serverName,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, ic := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(ic)
-	}
-	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+	if err := pki.VerifyServerChain(cs.PeerCertificates, roots, serverName); err != nil {
 		return fmt.Errorf("verify CA certificate: %w", err)
 	}
 	return nil
 }
 
-// loadRoots reads the PEM roots in path.
-func loadRoots(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	certs, err := pki.ParseCertificates(data)
-	if err != nil {
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	pool := x509.NewCertPool()
-	for _, cert := range certs {
-		pool.AddCert(cert)
-	}
-	return pool, nil
-}
-
 // acquire returns the channel for a call, replacing the current one if a
 // call on it failed to reach the CA. release must follow.
-func (c *Client) acquire() (*conn, error) { return c.acquireConn(true) }
+func (c *Client) acquire() (*conn, error) { return c.acquireConn(replaceFailing) }
 
-// acquireConn is acquire; replaceFailing also replaces a channel that is
-// in TRANSIENT_FAILURE (a call does not wait out its reconnect backoff; a
-// probe does).
-func (c *Client) acquireConn(replaceFailing bool) (*conn, error) {
+// failingPolicy says what acquireConn does with a channel in
+// TRANSIENT_FAILURE.
+type failingPolicy bool
+
+const (
+	// keepFailing keeps it: a probe waits out its reconnect backoff.
+	keepFailing failingPolicy = false
+	// replaceFailing dials a new one: a call does not wait.
+	replaceFailing failingPolicy = true
+)
+
+// connHealth is what a call learnt of its channel, for release.
+type connHealth bool
+
+const (
+	// connOK leaves the channel in use.
+	connOK connHealth = false
+	// connUnreachable marks it for replacement: the call did not reach
+	// the CA on it.
+	connUnreachable connHealth = true
+)
+
+// acquireConn is acquire, treating a channel in TRANSIENT_FAILURE as
+// failing says.
+func (c *Client) acquireConn(failing failingPolicy) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errors.New("create certificate: ca client is closed")
 	}
-	if c.cur.failed || (replaceFailing && c.cur.cc.GetState() == connectivity.TransientFailure) {
+	if c.cur.failed || (failing == replaceFailing && c.cur.cc.GetState() == connectivity.TransientFailure) {
 		cn, err := c.dial()
 		if err != nil {
 			return nil, err
@@ -155,12 +144,12 @@ func (c *Client) acquireConn(replaceFailing bool) (*conn, error) {
 	return c.cur, nil
 }
 
-// release ends a call on cn; failed marks cn for replacement.
-func (c *Client) release(cn *conn, failed bool) {
+// release ends a call on cn; connUnreachable marks cn for replacement.
+func (c *Client) release(cn *conn, health connHealth) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cn.refs--
-	if failed {
+	if health == connUnreachable {
 		cn.failed = true
 	}
 	if cn.retired && cn.refs == 0 {

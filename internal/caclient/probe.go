@@ -44,11 +44,11 @@ func (c *Client) Reachable() bool {
 // reconnect backoff (1s growing to at most about 2s). The connection is
 // the one the next Sign uses.
 func (c *Client) WaitReachable(ctx context.Context) error {
-	cn, err := c.acquireConn(false)
+	cn, err := c.acquireConn(keepFailing)
 	if err != nil {
 		return err
 	}
-	defer c.release(cn, false)
+	defer c.release(cn, connOK)
 	for {
 		s := cn.cc.GetState()
 		switch s {

@@ -5,8 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"strings"
 
 	"github.com/sdsagent/sdsagent/internal/pki"
@@ -25,14 +23,14 @@ func (c *Client) completeChain(leafPEM, signerPEM string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cfssl info: signer certificate: %w", err)
 	}
-	file, err := loadCerts(c.cfg.RootCertFile)
+	file, err := pki.ReadCARootFile(c.cfg.RootCertFile)
 	if err != nil {
 		return nil, err
 	}
 	cur := signers[0]
 	chain := []string{strings.TrimSpace(leafPEM) + "\n"}
 	for depth := 0; ; depth++ {
-		if isSelfSigned(cur) {
+		if pki.IsSelfSigned(cur) {
 			if !containsCert(file, cur) {
 				return nil, fmt.Errorf("cfssl info: CFSSL's signer %q is a root that %s does not hold (add it there if it is the CA the workloads trust)", cur.Subject, c.cfg.RootCertFile)
 			}
@@ -56,10 +54,6 @@ func encode(c *x509.Certificate) string {
 	return string(pki.EncodeCertificates([]*x509.Certificate{c}))
 }
 
-func isSelfSigned(c *x509.Certificate) bool {
-	return c.CheckSignatureFrom(c) == nil
-}
-
 func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
 	for _, o := range certs {
 		if o.Equal(c) {
@@ -79,23 +73,6 @@ func issuerIn(certs []*x509.Certificate, c *x509.Certificate) *x509.Certificate 
 	return nil
 }
 
-// loadCerts reads the PEM certificates in path.
-func loadCerts(path string) ([]*x509.Certificate, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	certs, err := pki.ParseCertificates(data)
-	if err != nil {
-		return nil, fmt.Errorf("read CA root file %s: %w", path, err)
-	}
-	return certs, nil
-}
-
 // serverVerifyError is a failed verification of CFSSL's TLS certificate.
 type serverVerifyError struct{ err error }
 
@@ -105,27 +82,14 @@ func (e *serverVerifyError) Unwrap() error { return e.err }
 // verifyServer verifies CFSSL's certificate chain against the certificates
 // in rootFile and that the leaf is valid for serverName.
 func verifyServer(cs tls.ConnectionState, rootFile, serverName string) error {
-	certs, err := loadCerts(rootFile)
+	certs, err := pki.ReadCARootFile(rootFile)
 	if err != nil {
 		return &serverVerifyError{err}
 	}
 	if len(cs.PeerCertificates) == 0 {
 		return &serverVerifyError{errors.New("CFSSL sent no certificate")}
 	}
-	roots := x509.NewCertPool()
-	for _, c := range certs {
-		roots.AddCert(c)
-	}
-	opts := x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: x509.NewCertPool(),
-		DNSName:       serverName,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, ic := range cs.PeerCertificates[1:] {
-		opts.Intermediates.AddCert(ic)
-	}
-	if _, err := cs.PeerCertificates[0].Verify(opts); err != nil {
+	if err := pki.VerifyServerChain(cs.PeerCertificates, certs, serverName); err != nil {
 		return &serverVerifyError{err}
 	}
 	return nil

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // defaultTimeout bounds a call when Config.Timeout is zero, as for the
@@ -110,7 +112,7 @@ func New(cfg Config) (*Client, error) {
 		// CSR and the HMAC token elsewhere.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	if _, err := loadCerts(cfg.RootCertFile); err != nil {
+	if _, err := pki.ReadCARootFile(cfg.RootCertFile); err != nil {
 		c.log.Warn("ca root certificate not usable yet; it is read again on every call", zap.Error(err))
 	}
 	return c, nil

@@ -21,14 +21,17 @@ type CAInitRoot struct {
 
 // CAInitIntermediate is the configuration of `sdsagent ca init-intermediate`.
 type CAInitIntermediate struct {
-	RootDir        string
-	Dir            string
-	TrustDomain    string
-	CommonName     string
-	TTL            time.Duration
-	KeyType        pki.KeyType
-	NameConstraint bool
-	Log            Log
+	RootDir     string
+	Dir         string
+	TrustDomain string
+	CommonName  string
+	TTL         time.Duration
+	KeyType     pki.KeyType
+	// NoNameConstraint is --name-constraint=false: the intermediate may
+	// sign outside its trust domain (devca.IntermediateConfig has the same
+	// field, whose zero value is the safe one).
+	NoNameConstraint bool
+	Log              Log
 }
 
 // CAInitRootSettings lists the settings of `sdsagent ca init-root`. They
@@ -102,14 +105,14 @@ func ParseCAInitIntermediate(args []string, getenv func(string) string, output i
 		return CAInitIntermediate{}, err
 	}
 	c := CAInitIntermediate{
-		RootDir:        r.str("root-dir"),
-		Dir:            r.str("dir"),
-		TrustDomain:    r.str("trust-domain"),
-		CommonName:     r.str("common-name"),
-		TTL:            r.duration("ttl"),
-		KeyType:        r.plainKeyType("key-type"),
-		NameConstraint: r.boolean("name-constraint"),
-		Log:            Log{Level: r.str("log-level"), Format: r.str("log-format")},
+		RootDir:          r.str("root-dir"),
+		Dir:              r.str("dir"),
+		TrustDomain:      r.str("trust-domain"),
+		CommonName:       r.str("common-name"),
+		TTL:              r.duration("ttl"),
+		KeyType:          r.plainKeyType("key-type"),
+		NoNameConstraint: !r.boolean("name-constraint"),
+		Log:              Log{Level: r.str("log-level"), Format: r.str("log-format")},
 	}
 	if err := r.err(); err != nil {
 		return CAInitIntermediate{}, err

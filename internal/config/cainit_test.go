@@ -64,13 +64,13 @@ func TestParseCAInitIntermediate(t *testing.T) {
 			name: "defaults",
 			args: base,
 			want: CAInitIntermediate{RootDir: "/offline/root", Dir: "/meshes/a", TrustDomain: "mesh-a.example", CommonName: "sdsagent intermediate CA",
-				TTL: 8760 * time.Hour, KeyType: pki.ECDSAP256, NameConstraint: true, Log: Log{Level: "info", Format: "console"}},
+				TTL: 8760 * time.Hour, KeyType: pki.ECDSAP256, Log: Log{Level: "info", Format: "console"}},
 		},
 		{
 			name: "every flag",
 			args: append(append([]string{}, base...), "--common-name", "Mesh A CA", "--ttl", "720h", "--key-type", "ecdsa-p384", "--name-constraint=false"),
 			want: CAInitIntermediate{RootDir: "/offline/root", Dir: "/meshes/a", TrustDomain: "mesh-a.example", CommonName: "Mesh A CA",
-				TTL: 720 * time.Hour, KeyType: pki.ECDSAP384, NameConstraint: false, Log: Log{Level: "info", Format: "console"}},
+				TTL: 720 * time.Hour, KeyType: pki.ECDSAP384, NoNameConstraint: true, Log: Log{Level: "info", Format: "console"}},
 		},
 	}
 	for _, tt := range tests {

@@ -11,7 +11,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/sdsagent/sdsagent/cache"
 	"github.com/sdsagent/sdsagent/internal/pki"
+	"github.com/sdsagent/sdsagent/sds"
 )
 
 // Setting describes one flag and its environment variable.
@@ -114,16 +116,16 @@ func AgentSettings() []Setting {
 		{"trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain of the workload"},
 		{"namespace", "POD_NAMESPACE", "default", "Kubernetes namespace of the workload"},
 		{"service-account", "SERVICE_ACCOUNT", "default", "Kubernetes service account of the workload"},
-		{"socket", "SDSAGENT_SOCKET", "/var/run/secrets/workload-spiffe-uds/socket", "Unix socket Envoy reads SDS from"},
-		{"socket-mode", "SDSAGENT_SOCKET_MODE", "0660", "permissions of the socket: whoever can connect gets the private key"},
+		{"socket", "SDSAGENT_SOCKET", sds.DefaultSocketPath, "Unix socket Envoy reads SDS from"},
+		{"socket-mode", "SDSAGENT_SOCKET_MODE", fmt.Sprintf("%#o", sds.DefaultSocketMode), "permissions of the socket: whoever can connect gets the private key"},
 		{"allowed-uids", "SDSAGENT_ALLOWED_UIDS", "", "comma-separated uids that may connect to the socket (checked with SO_PEERCRED before any SDS byte; with --allowed-gids, a caller matching either list may connect; empty: no check)"},
 		{"allowed-gids", "SDSAGENT_ALLOWED_GIDS", "", "comma-separated gids that may connect to the socket, matched against the caller's primary group (empty: no check)"},
 		{"http-addr", "SDSAGENT_HTTP_ADDR", "127.0.0.1:15020", "health, readiness, metrics and debug HTTP endpoint (empty disables)"},
 		{"release-startup-memory", "SDSAGENT_RELEASE_STARTUP_MEMORY", "true", "once the first certificate is served, let the kernel reclaim binary pages only startup used (Linux, lowers resident memory)"},
 		{"key-type", "SDSAGENT_KEY_TYPE", "ecdsa-p256", "workload key: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (Istio's ECC_SIGNATURE_ALGORITHM, ECC_CURVE and WORKLOAD_RSA_KEY_SIZE are honoured when this is not set)"},
-		{"secret-ttl", "SECRET_TTL", "24h", "certificate lifetime requested from the CA"},
-		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", "0.5", "renew when this fraction of the lifetime remains (Istio's meaning)"},
-		{"grace-jitter", "SECRET_GRACE_PERIOD_RATIO_JITTER", "0.01", "up to this fraction of the lifetime is added at random to the grace period"},
+		{"secret-ttl", "SECRET_TTL", durationDefault(cache.DefaultTTL), "certificate lifetime requested from the CA"},
+		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", floatDefault(cache.DefaultGraceRatio), "renew when this fraction of the lifetime remains (Istio's meaning)"},
+		{"grace-jitter", "SECRET_GRACE_PERIOD_RATIO_JITTER", floatDefault(cache.DefaultGraceJitter), "up to this fraction of the lifetime is added at random to the grace period"},
 		{"file-mounted-certs", "FILE_MOUNTED_CERTS", "auto", "serve default and ROOTCA from cert-chain.pem, key.pem and root-cert.pem in --cert-dir instead of calling a CA: true, false, or auto (when all three files exist at start)"},
 		{"cert-dir", "SDSAGENT_CERT_DIR", "/etc/certs", "directory of the mounted workload certificate files"},
 		{"output-dir", "OUTPUT_CERTS", "", "after each issuance or rotation, write cert-chain.pem, key.pem (0600) and root-cert.pem here for proxyless clients (empty disables)"},

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sdsagent/sdsagent/sds"
 )
 
 func TestLimits(t *testing.T) {
@@ -13,8 +15,8 @@ func TestLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Limits{MaxNamesPerRequest: 100, MaxNameBytes: 4096, MaxStreamsPerConn: 512, MaxStreams: 4096,
-		MaxMessageBytes: 1 << 20, HandshakeTimeout: 5 * time.Second, MaxWatchedFiles: 512}
+	want := Limits{SDS: sds.Limits{MaxNamesPerRequest: 100, MaxNameBytes: 4096, MaxStreamsPerConn: 512, MaxStreams: 4096,
+		MaxMessageBytes: 1 << 20, HandshakeTimeout: 5 * time.Second}, MaxWatchedFiles: 512}
 	if a.Limits != want {
 		t.Fatalf("default limits = %+v, want %+v", a.Limits, want)
 	}
@@ -23,7 +25,7 @@ func TestLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Limits.MaxStreams != 10 || a.Limits.HandshakeTimeout != 2*time.Second || a.Limits.MaxWatchedFiles != 7 {
+	if a.Limits.SDS.MaxStreams != 10 || a.Limits.SDS.HandshakeTimeout != 2*time.Second || a.Limits.MaxWatchedFiles != 7 {
 		t.Fatalf("limits = %+v", a.Limits)
 	}
 	for _, args := range [][]string{

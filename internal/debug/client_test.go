@@ -82,8 +82,8 @@ func goldenDump(t *testing.T) *SecretsDump {
 		{Name: fileRootName, Kind: cache.ValidationContext, TrustedCAPEM: pki.EncodeCertificates([]*x509.Certificate{rootA})},
 		{Name: cache.WorkloadCertName, Kind: cache.TLSCertificate, CertChainPEM: pki.EncodeCertificates([]*x509.Certificate{leaf, inter}), PrivateKeyPEM: pki.PrivateKeyPEM("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")},
 	}, nil)
-	s := newServer(t, Config{Secrets: store, ToProto: fakeToProto})
-	dump, err := s.secretsDump(store.Snapshot())
+	s := newServer(t, Config{Secrets: secretsOf(store, fakeToProto)})
+	dump, err := s.secretsDump(s.cfg.Secrets())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,10 +202,10 @@ func TestSecretPEM(t *testing.T) {
 }
 
 func TestFetchSecrets(t *testing.T) {
-	f, s, base := secretsServer(t)
+	_, s, base := secretsServer(t)
 	addr := strings.TrimPrefix(base, "http://")
 	_, port, _ := net.SplitHostPort(addr)
-	want, err := s.secretsDump(f.store.Snapshot())
+	want, err := s.secretsDump(s.cfg.Secrets())
 	if err != nil {
 		t.Fatal(err)
 	}

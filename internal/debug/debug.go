@@ -19,15 +19,60 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
-
-	"github.com/sdsagent/sdsagent/cache"
-	"github.com/sdsagent/sdsagent/internal/peercred"
 )
 
-// Secrets supplies the secrets the agent serves. Snapshot must be safe
-// for concurrent use; the returned snapshot is not modified by the caller.
-type Secrets interface {
-	Snapshot() *cache.Snapshot
+// Secret is what the debug views read of one served secret. The package
+// declares it so that it imports nothing above it (cmd/sdsagent fills it
+// from cache.Secret).
+type Secret struct {
+	// Name is the SDS resource name.
+	Name string
+	// Cert is true for a TLS certificate with at least one certificate;
+	// NotAfter is then its leaf's expiry.
+	Cert     bool
+	NotAfter time.Time
+	// Workload marks the agent's own certificate, whose expiry the
+	// readiness error explains.
+	Workload bool
+	// UpdatedAt is when the secret last changed; zero if unknown.
+	UpdatedAt time.Time
+	// PrivateKey is the key in PEM, empty for trust bundles. It is only
+	// used to check that no response holds it.
+	PrivateKey []byte
+	// Proto builds the Envoy Secret that SDS serves for this secret
+	// (sds.ToProto), with the private key replaced by key. It is only
+	// ever called with the redaction marker.
+	Proto func(key []byte) (*tlsv3.Secret, error)
+}
+
+// Secrets returns the served secrets in listing order (default, ROOTCA,
+// then the rest sorted). It must be safe for concurrent use.
+type Secrets func() []Secret
+
+// PeerCheck is the SDS socket's uid/gid check and its refusals, as
+// /debug/sds shows it. It has the JSON shape of peercred.Stats.
+type PeerCheck struct {
+	// AllowedUIDs are the user ids that may connect.
+	AllowedUIDs []uint32 `json:"allowed_uids"`
+	// AllowedGIDs are the group ids that may connect.
+	AllowedGIDs []uint32 `json:"allowed_gids"`
+	// Refused counts the connections closed since start.
+	Refused uint64 `json:"refused"`
+	// LastRefused is the last refused caller, nil before the first.
+	LastRefused *PeerRefusal `json:"last_refused,omitempty"`
+}
+
+// PeerRefusal is one refused connection: the caller's credentials and
+// when.
+type PeerRefusal struct {
+	// PID, UID and GID are the caller's process, user and group ids.
+	PID int32  `json:"pid"`
+	UID uint32 `json:"uid"`
+	GID uint32 `json:"gid"`
+	// At is when it was refused.
+	At time.Time `json:"at"`
+	// Reason says why: not allowed, or credentials unreadable.
+	Reason string `json:"reason"`
 }
 
 // StreamInfo describes one open SDS stream. It has the fields of
@@ -66,24 +111,21 @@ type Config struct {
 	// Gatherer provides /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	// Secrets provides /debug/secrets and /debug/config_dump; nil leaves
-	// them out. ToProto is required with it.
-	Secrets Secrets
-	// ToProto converts a secret into the Envoy Secret that SDS serves
-	// (sds.ToProto). It receives a copy whose private key is a placeholder,
+	// them out. Each secret's Proto receives the redaction marker as key,
 	// and its result is redacted again before it is written.
-	ToProto func(*cache.Secret) (*tlsv3.Secret, error)
+	Secrets Secrets
 	// Versions returns, per resource name, the version last applied to the
 	// SDS cache (sds.Server.Versions); nil leaves version_info empty.
 	Versions func() map[string]string
 	// NameErrors returns, per wanted resource name that cannot be served
-	// now, why (cache.Manager.NameErrors); nil leaves it out.
+	// now, why (the cache Manager's NameErrors); nil leaves it out.
 	NameErrors func() map[string]string
 	// Streams returns the open SDS streams (sds.Server.Streams); nil
 	// leaves /debug/sds out.
 	Streams func() []StreamInfo
 	// PeerCheck returns the socket's uid/gid check and its refusals
-	// (peercred.Listener.Stats); nil when the check is off.
-	PeerCheck func() peercred.Stats
+	// (from peercred.Listener.Stats); nil when the check is off.
+	PeerCheck func() PeerCheck
 	// Logger receives the server's logs, under the name "debug".
 	Logger *zap.Logger
 }
@@ -101,9 +143,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Ready == nil {
 		return nil, errors.New("debug: readiness function is required")
-	}
-	if cfg.Secrets != nil && cfg.ToProto == nil {
-		return nil, errors.New("debug: ToProto is required with Secrets")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()

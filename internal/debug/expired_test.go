@@ -15,7 +15,7 @@ func TestExpiredCertificatesAreShownExpired(t *testing.T) {
 	f := newFixture(t)
 	later := time.Now().Add(10 * 365 * 24 * time.Hour) // past every fixture leaf
 	s := newServer(t, Config{
-		Secrets: f.store, ToProto: fakeToProto,
+		Secrets: secretsOf(f.store, fakeToProto),
 		Ready: func() error {
 			return errors.New("workload certificate expired at 2027-03-01T00:00:00Z (1h0m0s ago); last renewal error: CA at istiod:15012 is unreachable")
 		},
@@ -65,8 +65,8 @@ func TestExpiredCertificatesAreShownExpired(t *testing.T) {
 
 func TestWriteTableExpiredAtNow(t *testing.T) {
 	f := newFixture(t)
-	s := newServer(t, Config{Secrets: f.store, ToProto: fakeToProto})
-	dump, err := s.secretsDump(f.store.Snapshot())
+	s := newServer(t, Config{Secrets: secretsOf(f.store, fakeToProto)})
+	dump, err := s.secretsDump(s.cfg.Secrets())
 	if err != nil {
 		t.Fatal(err)
 	}

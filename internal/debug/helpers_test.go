@@ -115,6 +115,31 @@ func fakeToProto(sec *cache.Secret) (*tlsv3.Secret, error) {
 	return msg, nil
 }
 
+// secretsOf lists store's secrets for Config.Secrets the way
+// cmd/sdsagent wires them, each converted by toProto from a copy whose
+// private key is the key Proto is given.
+func secretsOf(store *cache.Store, toProto func(*cache.Secret) (*tlsv3.Secret, error)) Secrets {
+	return func() []Secret {
+		snap := store.Snapshot()
+		var out []Secret
+		for _, name := range snap.Names() {
+			sec, _ := snap.Get(name)
+			out = append(out, Secret{
+				Name: sec.Name, Cert: sec.Kind == cache.TLSCertificate && len(sec.Certs) > 0, NotAfter: sec.NotAfter(),
+				Workload: sec.Name == cache.WorkloadCertName, UpdatedAt: sec.UpdatedAt, PrivateKey: []byte(sec.PrivateKeyPEM),
+				Proto: func(key []byte) (*tlsv3.Secret, error) {
+					cp := *sec
+					if len(cp.PrivateKeyPEM) > 0 {
+						cp.PrivateKeyPEM = pki.PrivateKeyPEM(key)
+					}
+					return toProto(&cp)
+				},
+			})
+		}
+		return out
+	}
+}
+
 // fakeVersions is what sds.Server.Versions would return for the fixture.
 func fakeVersions() map[string]string {
 	return map[string]string{cache.WorkloadCertName: "v3", cache.RootCertName: "v2"}

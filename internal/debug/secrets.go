@@ -18,8 +18,6 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/sdsagent/sdsagent/cache"
-	"github.com/sdsagent/sdsagent/internal/peercred"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
@@ -27,20 +25,18 @@ import (
 var errLeak = errors.New("private key found in output after redaction; response withheld")
 
 // secretsDump returns snap as Envoy admin's SecretsConfigDump: one
-// dynamic_active_secrets entry per name in cache.SortNames order, with
+// dynamic_active_secrets entry per secret in listing order, with
 // private keys, passwords and other sensitive fields replaced by
 // "[redacted]".
-func (s *Server) secretsDump(snap *cache.Snapshot) (*SecretsDump, error) {
+func (s *Server) secretsDump(snap []Secret) (*SecretsDump, error) {
 	var versions map[string]string
 	if s.cfg.Versions != nil {
 		versions = s.cfg.Versions()
 	}
 	dump := &SecretsDump{}
-	for _, name := range snap.Names() {
-		sec, ok := snap.Get(name)
-		if !ok {
-			continue
-		}
+	for i := range snap {
+		sec := &snap[i]
+		name := sec.Name
 		msg, err := s.redactedProto(sec)
 		if err != nil {
 			return nil, fmt.Errorf("debug: secret %q: %w", name, err)
@@ -71,17 +67,17 @@ const ExpiredPrefix = "EXPIRED"
 // expiredState returns the error_state of a TLS certificate past its
 // NotAfter: since when and, for the workload certificate, why it was not
 // renewed (the readiness error). Nil for anything else.
-func (s *Server) expiredState(sec *cache.Secret) *UpdateFailureState {
-	if sec.Kind != cache.TLSCertificate || len(sec.Certs) == 0 {
+func (s *Server) expiredState(sec *Secret) *UpdateFailureState {
+	if !sec.Cert {
 		return nil
 	}
 	now := s.cfg.Now()
-	notAfter := sec.NotAfter()
+	notAfter := sec.NotAfter
 	if now.Round(0).Before(notAfter) {
 		return nil
 	}
 	details := fmt.Sprintf("%s since %s", ExpiredPrefix, notAfter.UTC().Format(time.RFC3339))
-	if sec.Name == cache.WorkloadCertName {
+	if sec.Workload {
 		if err := s.cfg.Ready(); err != nil {
 			details += ": " + err.Error()
 		}
@@ -89,15 +85,11 @@ func (s *Server) expiredState(sec *cache.Secret) *UpdateFailureState {
 	return &UpdateFailureState{Details: details, LastUpdateAttempt: timestamppb.New(now)}
 }
 
-// redactedProto converts sec with ToProto without ever handing it the
-// key: ToProto sees a copy whose key is the redaction marker, and the
-// result is redacted again in case ToProto filled the key from elsewhere.
-func (s *Server) redactedProto(sec *cache.Secret) (*tlsv3.Secret, error) {
-	cp := *sec
-	if len(cp.PrivateKeyPEM) > 0 {
-		cp.PrivateKeyPEM = pki.PrivateKeyPEM(pki.Redacted)
-	}
-	msg, err := s.cfg.ToProto(&cp)
+// redactedProto converts sec with its Proto without ever handing it the
+// key: Proto gets the redaction marker as key, and the result is redacted
+// again in case Proto filled the key from elsewhere.
+func (s *Server) redactedProto(sec *Secret) (*tlsv3.Secret, error) {
+	msg, err := sec.Proto([]byte(pki.Redacted))
 	if err != nil {
 		return nil, err
 	}
@@ -142,25 +134,24 @@ func redact(msg *tlsv3.Secret) {
 
 // checkNoKeys returns errLeak if body holds any private key of snap, raw
 // or base64, or a PEM private key header.
-func checkNoKeys(body []byte, snap *cache.Snapshot) error {
+func checkNoKeys(body []byte, snap []Secret) error {
 	if bytes.Contains(body, []byte("PRIVATE KEY")) {
 		return errLeak
 	}
-	for _, name := range snap.Names() {
-		sec, _ := snap.Get(name)
-		key := []byte(sec.PrivateKeyPEM)
+	for _, sec := range snap {
+		key := sec.PrivateKey
 		if len(key) == 0 {
 			continue
 		}
 		if bytes.Contains(body, key) || bytes.Contains(body, []byte(base64.StdEncoding.EncodeToString(key))) {
-			return fmt.Errorf("secret %q: %w", name, errLeak)
+			return fmt.Errorf("secret %q: %w", sec.Name, errLeak)
 		}
 	}
 	return nil
 }
 
 func (s *Server) serveSecrets(w http.ResponseWriter, _ *http.Request) {
-	snap := s.cfg.Secrets.Snapshot()
+	snap := s.cfg.Secrets()
 	dump, err := s.secretsDump(snap)
 	if err != nil {
 		s.fail(w, err)
@@ -170,7 +161,7 @@ func (s *Server) serveSecrets(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) serveConfigDump(w http.ResponseWriter, _ *http.Request) {
-	snap := s.cfg.Secrets.Snapshot()
+	snap := s.cfg.Secrets()
 	dump, err := s.secretsDump(snap)
 	if err != nil {
 		s.fail(w, err)
@@ -181,7 +172,7 @@ func (s *Server) serveConfigDump(w http.ResponseWriter, _ *http.Request) {
 
 // writeDump writes dump rendered by render unless that would reveal a key
 // of snap.
-func (s *Server) writeDump(w http.ResponseWriter, render func(*SecretsDump) ([]byte, error), dump *SecretsDump, snap *cache.Snapshot) {
+func (s *Server) writeDump(w http.ResponseWriter, render func(*SecretsDump) ([]byte, error), dump *SecretsDump, snap []Secret) {
 	body, err := render(dump)
 	if err == nil {
 		err = checkNoKeys(body, snap)
@@ -195,7 +186,7 @@ func (s *Server) writeDump(w http.ResponseWriter, render func(*SecretsDump) ([]b
 }
 
 // fail logs err and answers 500 with it. Errors here never hold key
-// bytes: ToProto never sees the key, and checkNoKeys names only resources.
+// bytes: Proto never sees the key, and checkNoKeys names only resources.
 func (s *Server) fail(w http.ResponseWriter, err error) {
 	s.log.Error("debug view failed", zap.Error(err))
 	http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -215,7 +206,7 @@ type sdsView struct {
 	NameErrors map[string]string `json:"name_errors"`
 	// PeerCheck is the socket's uid/gid allowlist and its refusals;
 	// absent when the check is off.
-	PeerCheck *peercred.Stats `json:"peer_check,omitempty"`
+	PeerCheck *PeerCheck `json:"peer_check,omitempty"`
 }
 
 func (s *Server) sdsState() sdsView {

@@ -76,7 +76,7 @@ func base64Decode(t *testing.T, v any) []byte {
 func secretsServer(t *testing.T) (*fixture, *Server, string) {
 	t.Helper()
 	f := newFixture(t)
-	s := newServer(t, Config{Secrets: f.store, ToProto: fakeToProto, Versions: fakeVersions})
+	s := newServer(t, Config{Secrets: secretsOf(f.store, fakeToProto), Versions: fakeVersions})
 	return f, s, serveLoopback(t, s)
 }
 
@@ -143,8 +143,8 @@ func equalJSON(a, b any) bool {
 }
 
 func TestSecretsRoundTrip(t *testing.T) {
-	f, s, base := secretsServer(t)
-	want, err := s.secretsDump(f.store.Snapshot())
+	_, s, base := secretsServer(t)
+	want, err := s.secretsDump(s.cfg.Secrets())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestNoPrivateKeyInDebugBodies(t *testing.T) {
 	paths := []string{"/debug/secrets", "/debug/config_dump", "/debug/sds", "/debug/pprof/", "/debug/pprof/cmdline", "/debug/pprof/goroutine?debug=1"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newServer(t, Config{Secrets: f.store, ToProto: tt.toProto, Versions: fakeVersions, Streams: streams})
+			s := newServer(t, Config{Secrets: secretsOf(f.store, tt.toProto), Versions: fakeVersions, Streams: streams})
 			base := serveLoopback(t, s)
 			c := newClient(t)
 			for _, p := range paths {
@@ -256,7 +256,7 @@ func TestSecretsToProtoError(t *testing.T) {
 		}
 		return fakeToProto(sec)
 	}
-	s := newServer(t, Config{Secrets: f.store, ToProto: failing})
+	s := newServer(t, Config{Secrets: secretsOf(f.store, failing)})
 	code, body, _ := get(t, newClient(t), serveLoopback(t, s)+"/debug/secrets")
 	if code != http.StatusInternalServerError || !strings.Contains(string(body), `"ROOTCA"`) || !strings.Contains(string(body), "empty trusted ca") {
 		t.Fatalf("/debug/secrets = %d %s", code, body)
@@ -328,7 +328,7 @@ func TestSDSView(t *testing.T) {
 func TestLoopbackOnly(t *testing.T) {
 	f := newFixture(t)
 	reg := prometheus.NewRegistry()
-	s := newServer(t, Config{Secrets: f.store, ToProto: fakeToProto, Streams: func() []StreamInfo { return nil }, Gatherer: reg})
+	s := newServer(t, Config{Secrets: secretsOf(f.store, fakeToProto), Streams: func() []StreamInfo { return nil }, Gatherer: reg})
 	h := s.Handler()
 	debugPaths := []string{"/debug/secrets", "/debug/config_dump", "/debug/sds", "/debug/pprof/", "/debug/pprof/cmdline", "/debug/nothing"}
 	openPaths := []string{"/healthz", "/ready", "/metrics"}
@@ -407,7 +407,7 @@ func TestLoopbackOnlyRealListener(t *testing.T) {
 		t.Skipf("listen on %s: %v", ip, err)
 	}
 	f := newFixture(t)
-	s := newServer(t, Config{Secrets: f.store, ToProto: fakeToProto, Streams: func() []StreamInfo { return nil }, Gatherer: prometheus.NewRegistry()})
+	s := newServer(t, Config{Secrets: secretsOf(f.store, fakeToProto), Streams: func() []StreamInfo { return nil }, Gatherer: prometheus.NewRegistry()})
 	base := serve(t, s, lis)
 	c := newClient(t)
 	for _, p := range []string{"/debug/secrets", "/debug/config_dump", "/debug/sds", "/debug/pprof/"} {
@@ -440,12 +440,5 @@ func TestPprofFromLoopback(t *testing.T) {
 		if code, _, _ := get(t, c, base+p); code != http.StatusNotFound {
 			t.Errorf("%s without a source = %d, want 404", p, code)
 		}
-	}
-}
-
-func TestNewRequiresToProtoWithSecrets(t *testing.T) {
-	f := newFixture(t)
-	if _, err := New(Config{Addr: "127.0.0.1:0", Ready: func() error { return nil }, Secrets: f.store}); err == nil {
-		t.Fatal("New without ToProto succeeded")
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
@@ -290,10 +291,10 @@ func publishCRL(dir string, st *revocationState, key crypto.Signer, cert *x509.C
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", revocationsFile, err)
 	}
-	if err := writeFileAtomic(dir, revocationsFile, append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.WriteFile(dir, revocationsFile, append(data, '\n'), 0o600); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(dir, crlFile, pki.EncodeCRLs([]*x509.RevocationList{crl}), 0o644); err != nil {
+	if err := atomicfile.WriteFile(dir, crlFile, pki.EncodeCRLs([]*x509.RevocationList{crl}), 0o644); err != nil {
 		return nil, err
 	}
 	log.Info("crl published",

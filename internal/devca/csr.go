@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // minRSABits is the smallest RSA key the CA signs for, as in Istio.
@@ -119,8 +121,8 @@ func spiffeTrustDomain(u *url.URL) (string, error) {
 		return "", errors.New("not of the form spiffe://trust-domain/path")
 	}
 	td, path, ok := strings.Cut(rest, "/")
-	if err := validateTrustDomain(td); err != nil {
-		return "", fmt.Errorf("trust domain %q: %w", td, err)
+	if err := pki.CheckTrustDomain(td); err != nil {
+		return "", err
 	}
 	if !ok || path == "" {
 		return "", errors.New("path is empty")
@@ -139,23 +141,6 @@ func spiffeTrustDomain(u *url.URL) (string, error) {
 		}
 	}
 	return td, nil
-}
-
-// validateTrustDomain applies the SPIFFE rules for a trust domain name:
-// lowercase letters, digits, '.', '-' and '_'.
-func validateTrustDomain(td string) error {
-	if td == "" {
-		return errors.New("empty")
-	}
-	if len(td) > 255 {
-		return errors.New("longer than 255 characters")
-	}
-	for _, c := range td {
-		if !isLowerAlnum(c) && c != '.' && c != '-' && c != '_' {
-			return fmt.Errorf("character %q is not allowed; use lowercase letters, digits, '.', '-' and '_'", c)
-		}
-	}
-	return nil
 }
 
 func isLowerAlnum(c rune) bool { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') }

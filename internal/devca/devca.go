@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sdsagent/sdsagent/internal/clock"
+	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
 // State file names inside Config.Dir, and in the directories InitRoot and
@@ -215,8 +216,8 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.TrustDomain == "" {
 		cfg.TrustDomain = defaultTrustDomain
 	}
-	if err := validateTrustDomain(cfg.TrustDomain); err != nil {
-		return cfg, fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
+	if err := pki.CheckTrustDomain(cfg.TrustDomain); err != nil {
+		return cfg, err
 	}
 	if cfg.MaxTTL < 0 {
 		return cfg, fmt.Errorf("max TTL %s is negative", cfg.MaxTTL)

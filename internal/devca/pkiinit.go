@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
@@ -192,8 +193,8 @@ func initIntermediate(cfg IntermediateConfig) error {
 	case cfg.TrustDomain == "":
 		return errors.New("trust domain is required")
 	}
-	if err := validateTrustDomain(cfg.TrustDomain); err != nil {
-		return fmt.Errorf("trust domain %q: %w", cfg.TrustDomain, err)
+	if err := pki.CheckTrustDomain(cfg.TrustDomain); err != nil {
+		return err
 	}
 	if same, err := sameDir(cfg.RootDir, cfg.Dir); err != nil {
 		return err
@@ -349,7 +350,7 @@ func writeNewFiles(dir string, files []newFile) error {
 	}
 	var written []string
 	for _, f := range files {
-		if err := writeFileNew(dir, f.name, f.data, f.perm); err != nil {
+		if err := atomicfile.WriteNew(dir, f.name, f.data, f.perm); err != nil {
 			errs := []error{err}
 			for _, name := range written {
 				if rmErr := os.Remove(filepath.Join(dir, name)); rmErr != nil {

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
@@ -153,7 +154,7 @@ func checkSigningCA(c *x509.Certificate, now time.Time) error {
 // chain[0] may itself be the root.
 func chainRoot(chain, roots []*x509.Certificate) (*x509.Certificate, []*x509.Certificate, error) {
 	top := chain[len(chain)-1]
-	if isSelfSigned(top) {
+	if pki.IsSelfSigned(top) {
 		for _, r := range roots {
 			if r.Equal(top) {
 				return r, chain[1:max(len(chain)-1, 1)], nil
@@ -170,11 +171,6 @@ func chainRoot(chain, roots []*x509.Certificate) (*x509.Certificate, []*x509.Cer
 		certChainFile, rootCertFile, certName(top), rootCertFile)
 }
 
-// isSelfSigned reports whether c is signed by its own key.
-func isSelfSigned(c *x509.Certificate) bool {
-	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
-}
-
 // loadOrCreateToken reads dir/token, creating it first if it does not
 // exist: Istio's plugged-in files carry no token.
 func loadOrCreateToken(dir string, log *zap.Logger) ([]byte, error) {
@@ -188,7 +184,7 @@ func loadOrCreateToken(dir string, log *zap.Logger) ([]byte, error) {
 			return nil, err
 		}
 		// Another process may have created it since: keep theirs.
-		switch err := writeFileNew(dir, tokenFile, token, 0o600); {
+		switch err := atomicfile.WriteNew(dir, tokenFile, token, 0o600); {
 		case err == nil:
 			log.Info("token created", zap.String("path", filepath.Join(dir, tokenFile)))
 		case errors.Is(err, fs.ErrExist):

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sdsagent/sdsagent/internal/atomicfile"
 	"github.com/sdsagent/sdsagent/internal/pki"
 )
 
@@ -87,13 +88,13 @@ func createState(dir, trustDomain string, now time.Time) error {
 		return err
 	}
 
-	if err := writeFileAtomic(dir, caKeyFile, keyPEM, 0o600); err != nil {
+	if err := atomicfile.WriteFile(dir, caKeyFile, keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(dir, tokenFile, token, 0o600); err != nil {
+	if err := atomicfile.WriteFile(dir, tokenFile, token, 0o600); err != nil {
 		return err
 	}
-	return writeFileAtomic(dir, rootCertFile, encodeCertPEM(root.Raw), 0o644)
+	return atomicfile.WriteFile(dir, rootCertFile, encodeCertPEM(root.Raw), 0o644)
 }
 
 // loadState reads and checks the three state files. Each error names the
@@ -205,88 +206,6 @@ func validateToken(token []byte) error {
 		if c <= ' ' || c >= 0x7f {
 			return errors.New("token holds whitespace or non-printable characters")
 		}
-	}
-	return nil
-}
-
-// writeFileAtomic writes data to dir/name through a temporary file in dir
-// that is synced and then renamed, so readers see the old content or the
-// new, never a partial file.
-func writeFileAtomic(dir, name string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(dir, name, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		_ = os.Remove(tmp) // the rename error is the one to report
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return syncDir(dir)
-}
-
-// writeFileNew is writeFileAtomic for a file that must not exist yet: the
-// complete temporary file is hard-linked to its name, which fails, leaving
-// the existing file alone, if the name is taken. The error then wraps
-// fs.ErrExist.
-func writeFileNew(dir, name string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(dir, name, data, perm)
-	if err != nil {
-		return err
-	}
-	linkErr := os.Link(tmp, filepath.Join(dir, name))
-	if err := os.Remove(tmp); err != nil && linkErr == nil {
-		return fmt.Errorf("write %s: remove temporary file: %w", name, err)
-	}
-	if errors.Is(linkErr, fs.ErrExist) {
-		return fmt.Errorf("write %s: %w; refusing to overwrite it", name, fs.ErrExist)
-	}
-	if linkErr != nil {
-		return fmt.Errorf("write %s: %w", name, linkErr)
-	}
-	return syncDir(dir)
-}
-
-// writeTemp writes data with mode perm to a synced temporary file in dir
-// named after name, and returns its path.
-func writeTemp(dir, name string, data []byte, perm os.FileMode) (_ string, err error) {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return "", fmt.Errorf("write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close() // already failing; the first error is the one to report
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(perm); err != nil {
-		return "", fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return "", fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		return "", fmt.Errorf("write %s: sync: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", fmt.Errorf("write %s: close: %w", name, err)
-	}
-	return tmp, nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	if err := d.Sync(); err != nil {
-		_ = d.Close() // the sync error is the one to report
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	if err := d.Close(); err != nil {
-		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -15,17 +16,23 @@ type ID struct {
 	u *url.URL
 }
 
-// trustDomainRE follows the SPIFFE spec: lowercase letters, digits, '.', '-', '_'.
-var trustDomainRE = regexp.MustCompile(`^[a-z0-9._-]+$`)
-
 // pathSegmentRE follows the SPIFFE spec for path segments.
 var pathSegmentRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
 
 // CheckTrustDomain returns an error unless td is a SPIFFE trust domain
-// name: lowercase letters, digits, '.', '-' and '_', without "spiffe://".
+// name: 1 to 255 lowercase letters, digits, '.', '-' and '_', without
+// "spiffe://". The error says which rule td breaks.
 func CheckTrustDomain(td string) error {
-	if !trustDomainRE.MatchString(td) || len(td) > 255 {
-		return fmt.Errorf("invalid trust domain %q: use lowercase letters, digits, '.', '-' and '_'", td)
+	if td == "" {
+		return errors.New("invalid trust domain: empty")
+	}
+	if len(td) > 255 {
+		return fmt.Errorf("invalid trust domain %q: longer than 255 characters", td)
+	}
+	for _, c := range td {
+		if !(c >= 'a' && c <= 'z') && !(c >= '0' && c <= '9') && c != '.' && c != '-' && c != '_' {
+			return fmt.Errorf("invalid trust domain %q: character %q is not allowed; use lowercase letters, digits, '.', '-' and '_'", td, c)
+		}
 	}
 	return nil
 }

@@ -69,7 +69,9 @@ func Verify(in VerifyInput) (*Bundle, error) {
 	leaf := in.Chain[0]
 	rest := in.Chain[1:]
 	var roots []*x509.Certificate
-	if n := len(rest); n > 0 && isSelfSigned(rest[n-1]) {
+	// The anchor must say it is a CA; a v1 certificate without basic
+	// constraints, which crypto/x509 would accept, is not served as one.
+	if n := len(rest); n > 0 && rest[n-1].IsCA && IsSelfSigned(rest[n-1]) {
 		roots = append(roots, rest[n-1])
 		rest = rest[:n-1]
 	}
@@ -128,7 +130,10 @@ func VerifyChain(cert *x509.Certificate, intermediates, roots []*x509.Certificat
 	return err
 }
 
-// isSelfSigned reports whether c is a CA certificate signed by its own key.
-func isSelfSigned(c *x509.Certificate) bool {
-	return c.IsCA && bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+// IsSelfSigned reports whether c is self-issued (issuer = subject) and
+// signed by its own key, as a root is. For a v3 certificate that implies
+// basic constraints CA:TRUE (crypto/x509 checks it); a v1 certificate has
+// none, so callers that need a CA check c.IsCA too.
+func IsSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }

@@ -74,6 +74,9 @@ func (id Identity) RootPool() (*x509.CertPool, error) {
 }
 
 // SPIFFEValidatorName is the name of Envoy's SPIFFE certificate validator.
+// It is spelled here, not taken from sds.SPIFFEValidatorName, on purpose:
+// sdstest plays Envoy, so it checks what sds sends against Envoy's name
+// (and sds's own tests import sdstest, so it cannot import sds).
 const SPIFFEValidatorName = "envoy.tls.cert_validator.spiffe"
 
 // SPIFFEValidatorConfig returns the validated SPIFFECertValidatorConfig of
