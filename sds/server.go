@@ -7,6 +7,14 @@
 // nonces (stream.go), secrets are marshalled once into a versioned table
 // that every stream reads (table.go), and what clients may ask is bounded
 // (limits.go), their log lines included.
+//
+// Its files: server.go (Config, New, Run and Serve, what operators see),
+// listen.go (the socket: path limit, stale files, mode), transport.go (the
+// per-connection gRPC settings and the handshake timeout), service.go (the
+// three RPCs), stream.go (one stream's state and responses), fetch.go
+// (FetchSecrets), table.go (the versioned table of marshalled secrets),
+// sync.go (the Source's snapshots into the table; Secret protos via
+// ToProto) and limits.go (Limits and their refusals).
 package sds
 
 import (

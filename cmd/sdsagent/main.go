@@ -7,8 +7,24 @@
 //	                  with a self-signed root or a plugged-in intermediate
 //	sdsagent ca init-root, sdsagent ca init-intermediate
 //	                  create an offline root and an intermediate per mesh
+//	sdsagent ca revoke
+//	                  revoke a serial and publish the CA's CRL
 //	sdsagent secrets  show what a running agent serves
 //	sdsagent version  print the version
+//
+// This package only wires. Its files:
+//
+//   - main.go: the subcommand switch.
+//   - command.go: the preamble every subcommand shares (parse, logger, flush).
+//   - agent.go: `run`: builds the components from config and runs them.
+//   - signer.go: builds the CA client config.CertPlan chose.
+//   - peercheck.go: the SDS server behind the --allowed-uids/gids check.
+//   - adapt.go, debugwire.go: adapters from one component's types to
+//     another's (sds and cache to internal/debug, memtrim).
+//   - group.go: runAll, which runs tasks until the first fails.
+//   - ca.go: `ca` and its init and revoke subcommands.
+//   - secrets.go: `secrets`.
+//   - logger.go: the zap logger the settings ask for.
 package main
 
 import (

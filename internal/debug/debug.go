@@ -2,7 +2,12 @@
 // Prometheus metrics, and loopback-only views of the served secrets (in
 // Envoy admin's shapes, private keys redacted), SDS streams and pprof. It
 // only reads state. It also holds the client side of those views, which
-// `sdsagent secrets` uses.
+// `sdsagent secrets` uses. It declares the small types it reads (Secret,
+// PeerCheck, StreamInfo) so that it imports nothing above it.
+//
+// Its files: debug.go (the server and its routes), secrets.go (the
+// secrets and SDS views), dump.go (Envoy admin's dump JSON without the
+// admin protos) and client.go (fetching and printing those views).
 package debug
 
 import (
