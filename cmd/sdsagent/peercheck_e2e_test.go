@@ -7,12 +7,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/sdsagent/sdsagent/internal/peercred/peercredtest"
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
 
@@ -71,44 +70,6 @@ func peerChild(socket string) int {
 	return 0
 }
 
-// runPeerChild runs bin as uid:gid in the given mode and returns its pid
-// and output.
-func runPeerChild(t *testing.T, bin string, uid, gid uint32, socket, mode string) (int, string) {
-	t.Helper()
-	cmd := exec.Command(bin)
-	cmd.Env = []string{peerChildEnv + "=" + socket, peerChildModeEnv + "=" + mode}
-	cmd.Dir = filepath.Dir(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child as %d:%d: %v\n%s", uid, gid, err, out)
-	}
-	return cmd.Process.Pid, strings.TrimSpace(string(out))
-}
-
-// worldRunnable copies the test binary into a 0755 directory: go test's
-// build directory is private to root, and the child runs as another user.
-func worldRunnable(t *testing.T) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := tempDir(t)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "peer-child")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
 var refusedMetricRE = regexp.MustCompile(`(?m)^sdsagent_sds_connections_refused_total (\d+)$`)
 
 func TestAgentSocketAllowsOnlyListedUIDsAndGIDs(t *testing.T) {
@@ -116,7 +77,7 @@ func TestAgentSocketAllowsOnlyListedUIDsAndGIDs(t *testing.T) {
 		t.Skip("skipped: running SDS clients under other uids and gids needs root (CI runs as root)")
 	}
 	const allowedUID, allowedGID, other = 4201, 4302, 4999
-	bin := worldRunnable(t)
+	bin := peercredtest.Binary(t)
 	ca := startCA(t, "127.0.0.1:0")
 	// File modes are no boundary here: anyone may reach and open the socket.
 	dir := tempDir(t)
@@ -135,7 +96,7 @@ func TestAgentSocketAllowsOnlyListedUIDsAndGIDs(t *testing.T) {
 		{"allowed uid", allowedUID, other},
 		{"allowed gid", other, allowedGID},
 	} {
-		if _, out := runPeerChild(t, bin, c.uid, c.gid, socket, "sds"); out != "sds ok default,ROOTCA" && out != "sds ok ROOTCA,default" {
+		if _, out := peercredtest.Run(t, bin, c.uid, c.gid, peerChildEnv+"="+socket, peerChildModeEnv+"=sds"); out != "sds ok default,ROOTCA" && out != "sds ok ROOTCA,default" {
 			t.Fatalf("%s: child got %q, want default and ROOTCA", c.name, out)
 		}
 	}
@@ -143,7 +104,7 @@ func TestAgentSocketAllowsOnlyListedUIDsAndGIDs(t *testing.T) {
 		t.Fatalf("allowed callers counted as refused:\n%s", refusedMetricRE.FindString(body))
 	}
 
-	pid, out := runPeerChild(t, bin, other, other, socket, "sds")
+	pid, out := peercredtest.Run(t, bin, other, other, peerChildEnv+"="+socket, peerChildModeEnv+"=sds")
 	if out != "sds failed Unavailable" {
 		t.Fatalf("caller with neither uid nor gid allowed got %q, want no SDS", out)
 	}
@@ -151,7 +112,7 @@ func TestAgentSocketAllowsOnlyListedUIDsAndGIDs(t *testing.T) {
 	if line["uid"] != float64(other) || line["gid"] != float64(other) || line["pid"] != float64(pid) {
 		t.Fatalf("refusal log line %v, want uid %d gid %d pid %d", line, other, other, pid)
 	}
-	rawPID, out := runPeerChild(t, bin, other, other, socket, "raw")
+	rawPID, out := peercredtest.Run(t, bin, other, other, peerChildEnv+"="+socket, peerChildModeEnv+"=raw")
 	if !strings.HasPrefix(out, "raw 0 bytes") {
 		t.Fatalf("refused raw connection: %q, want EOF before any byte", out)
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
 	"github.com/sdsagent/sdsagent/internal/peercred"
+	"github.com/sdsagent/sdsagent/internal/peercred/peercredtest"
 )
 
 // childSocketEnv makes the test binary a client: it connects to the
@@ -98,51 +98,6 @@ func server(t *testing.T, cfg peercred.Config) (*peercred.Listener, string) {
 	return pl, path
 }
 
-// runAs runs a copy of the test binary as uid:gid that connects to socket,
-// and returns its pid and output.
-func runAs(t *testing.T, bin string, uid, gid uint32, socket string) (int, string) {
-	t.Helper()
-	cmd := exec.Command(bin)
-	cmd.Env = []string{childSocketEnv + "=" + socket}
-	cmd.Dir = filepath.Dir(bin)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("child as %d:%d: %v\n%s", uid, gid, err, out)
-	}
-	return cmd.Process.Pid, strings.TrimSpace(string(out))
-}
-
-// childBinary copies the test binary where any user may run it: go test's
-// build directory is private to its user.
-func childBinary(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: running a client under another uid and gid needs root (CI runs as root)")
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pcbin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "child")
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return bin
-}
-
 // wantRefused checks that l has refused n connections. A refusal is
 // recorded before its connection is closed, so a client that saw EOF
 // finds it counted.
@@ -154,7 +109,7 @@ func wantRefused(t *testing.T, l *peercred.Listener, n uint64) {
 }
 
 func TestRealCallersUnderOtherUIDsAndGIDs(t *testing.T) {
-	bin := childBinary(t)
+	bin := peercredtest.Binary(t)
 	const allowedUID, allowedGID, other = 4201, 4302, 4999
 	core, logs := observer.New(zap.InfoLevel)
 	refused := prometheus.NewCounter(prometheus.CounterOpts{Name: "refused_total", Help: "test"})
@@ -175,7 +130,7 @@ func TestRealCallersUnderOtherUIDsAndGIDs(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := lis.Stats().Refused
-			pid, out := runAs(t, bin, tc.uid, tc.gid, socket)
+			pid, out := peercredtest.Run(t, bin, tc.uid, tc.gid, childSocketEnv+"="+socket)
 			if tc.allowed {
 				if want := fmt.Sprintf("got %d bytes: %s", len(greeting), greeting); out != want {
 					t.Fatalf("child output %q, want %q", out, want)
