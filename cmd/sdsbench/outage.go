@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -92,7 +91,7 @@ func (b *bencher) outageRecovery(ctx context.Context) error {
 func (b *bencher) outageOnce(ctx context.Context, seq int, left time.Duration) (outageResult, error) {
 	caBin := b.ca.cmd.Path // the copy of the agent binary the shared CA runs
 	dir := filepath.Join(b.tmp, fmt.Sprintf("oca%d", seq))
-	ca, err := launchCA(ctx, caBin, dir, "127.0.0.1:0", seq)
+	ca, err := launchCA(ctx, caBin, dir, "127.0.0.1:0", fmt.Sprintf("sdsagent ca #%d", seq))
 	if err != nil {
 		return outageResult{}, err
 	}
@@ -136,7 +135,7 @@ func (b *bencher) outageOnce(ctx context.Context, seq int, left time.Duration) (
 				break
 			}
 		}
-		again, err = launchCA(ctx, caBin, dir, ca.addr, seq)
+		again, err = launchCA(ctx, caBin, dir, ca.addr, fmt.Sprintf("sdsagent ca #%d", seq))
 		if err != nil {
 			return outageResult{}, fmt.Errorf("restart the CA on %s: %w", ca.addr, err)
 		}
@@ -154,41 +153,6 @@ func (b *bencher) outageOnce(ctx context.Context, seq int, left time.Duration) (
 		return outageResult{}, err
 	}
 	return res, again.stop(stopLimit)
-}
-
-// launchCA starts `sdsagent ca` from bin with its state in dir, listening
-// on listen, and returns it once it logs that it listens.
-func launchCA(ctx context.Context, bin, dir, listen string, seq int) (*devCA, error) {
-	addrs := make(chan string, 1)
-	onLine := func(line []byte) {
-		var l struct {
-			Msg  string `json:"msg"`
-			Addr string `json:"addr"`
-		}
-		if json.Unmarshal(line, &l) == nil && l.Msg == "development CA listening" && l.Addr != "" {
-			select {
-			case addrs <- l.Addr:
-			default:
-			}
-		}
-	}
-	p, _, err := startProc(ctx, fmt.Sprintf("sdsagent ca #%d", seq), bin, onLine,
-		"ca", "--dir", dir, "--listen", listen, "--log-format", "json")
-	if err != nil {
-		return nil, err
-	}
-	timer := time.NewTimer(stepLimit)
-	defer timer.Stop()
-	select {
-	case addr := <-addrs:
-		return &devCA{proc: p, addr: addr, dir: dir}, nil
-	case <-p.ctx.Done():
-		p.kill()
-		return nil, p.failure(errors.New("no \"development CA listening\" line"))
-	case <-timer.C:
-		p.kill()
-		return nil, p.failure(fmt.Errorf("no \"development CA listening\" line within %s", stepLimit))
-	}
 }
 
 // startAgentOn starts `sdsagent run` against ca on socket.

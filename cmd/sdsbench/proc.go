@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -232,7 +233,17 @@ func startCA(ctx context.Context, bin, tmp string) (*devCA, error) {
 	if err := copyFile(bin, caBin); err != nil {
 		return nil, fmt.Errorf("start ca: %w", err)
 	}
-	bin = caBin
+	ca, err := launchCA(ctx, caBin, dir, "127.0.0.1:0", "sdsagent ca")
+	if err != nil {
+		return nil, fmt.Errorf("start ca: %w", err)
+	}
+	return ca, nil
+}
+
+// launchCA starts `sdsagent ca` from bin, named name in errors, with its
+// state in dir, listening on listen, and returns it once it logs that it
+// listens.
+func launchCA(ctx context.Context, bin, dir, listen, name string) (*devCA, error) {
 	addrs := make(chan string, 1)
 	onLine := func(line []byte) {
 		var l struct {
@@ -246,22 +257,22 @@ func startCA(ctx context.Context, bin, tmp string) (*devCA, error) {
 			}
 		}
 	}
-	p, _, err := startProc(ctx, "sdsagent ca", bin, onLine,
-		"ca", "--dir", dir, "--listen", "127.0.0.1:0", "--log-format", "json")
+	p, _, err := startProc(ctx, name, bin, onLine,
+		"ca", "--dir", dir, "--listen", listen, "--log-format", "json")
 	if err != nil {
 		return nil, err
 	}
-	timer := time.NewTimer(10 * time.Second)
+	timer := time.NewTimer(stepLimit)
 	defer timer.Stop()
 	select {
 	case addr := <-addrs:
 		return &devCA{proc: p, addr: addr, dir: dir}, nil
 	case <-p.ctx.Done():
 		p.kill()
-		return nil, p.failure(fmt.Errorf("start ca: no \"development CA listening\" line"))
+		return nil, p.failure(errors.New("no \"development CA listening\" line"))
 	case <-timer.C:
 		p.kill()
-		return nil, p.failure(fmt.Errorf("start ca: no \"development CA listening\" line within 10s"))
+		return nil, p.failure(fmt.Errorf("no \"development CA listening\" line within %s", stepLimit))
 	}
 }
 
