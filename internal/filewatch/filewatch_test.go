@@ -416,12 +416,8 @@ func TestIdleWatcherHoldsNoTimer(t *testing.T) {
 		t.Fatal("no resync timer while a path is watched")
 	}
 	w.Set(nil)
-	deadline := time.Now().Add(waitLimit)
-	for clk.Timers() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d timers pending with nothing watched", clk.Timers())
-		}
-		time.Sleep(time.Millisecond)
+	if !clk.WaitForNoTimers(waitLimit) {
+		t.Fatalf("%d timers pending with nothing watched", clk.Timers())
 	}
 }
 

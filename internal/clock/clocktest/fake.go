@@ -117,13 +117,26 @@ func (f *Fake) NextDeadline() (time.Time, bool) {
 // deadline passes; it reports whether n timers were reached. Tests use it
 // to know that a goroutine is parked on the clock before moving time.
 func (f *Fake) WaitForTimers(n int, deadline time.Duration) bool {
+	return f.waitTimers(func(pending int) bool { return pending >= n }, deadline)
+}
+
+// WaitForNoTimers blocks until no timer is pending or the deadline
+// passes; it reports whether none was reached. Tests use it to know that
+// a goroutine has stopped every timer it held.
+func (f *Fake) WaitForNoTimers(deadline time.Duration) bool {
+	return f.waitTimers(func(pending int) bool { return pending == 0 }, deadline)
+}
+
+// waitTimers blocks until ok holds for the number of pending timers,
+// waking each time the timers change, or the deadline passes.
+func (f *Fake) waitTimers(ok func(pending int) bool, deadline time.Duration) bool {
 	stop := time.After(deadline)
 	for {
 		f.mu.Lock()
-		ok := len(f.timers) >= n
+		done := ok(len(f.timers))
 		changed := f.changed
 		f.mu.Unlock()
-		if ok {
+		if done {
 			return true
 		}
 		select {
