@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
@@ -29,14 +28,15 @@ import (
 
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
+	"github.com/sdsagent/sdsagent/internal/logtest"
 	"github.com/sdsagent/sdsagent/internal/testpki"
 )
 
 // runOutput runs an OutputWriter until the test ends.
-func runOutput(t *testing.T, cfg OutputConfig) *observer.ObservedLogs {
+func runOutput(t *testing.T, cfg OutputConfig) *logtest.Logs {
 	t.Helper()
-	core, logs := observer.New(zapcore.DebugLevel)
-	cfg.Logger = zap.New(core)
+	log, logs := logtest.New(zapcore.DebugLevel)
+	cfg.Logger = log
 	w, err := NewOutputWriter(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -168,13 +168,9 @@ func (s *lookingSource) waitLook(t *testing.T) {
 }
 
 // waitLogs waits until logs hold n lines with msg and returns them.
-func waitLogs(t *testing.T, logs *observer.ObservedLogs, msg string, n int) []observer.LoggedEntry {
+func waitLogs(t *testing.T, logs *logtest.Logs, msg string, n int) []observer.LoggedEntry {
 	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for logs.FilterMessage(msg).Len() < n && time.Now().Before(deadline) {
-		time.Sleep(2 * time.Millisecond)
-	}
-	lines := logs.FilterMessage(msg).All()
+	lines := logs.WaitForMessage(t, msg, n, waitLimit)
 	if len(lines) != n {
 		t.Fatalf("%d lines %q logged, want %d", len(lines), msg, n)
 	}

@@ -8,6 +8,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -165,11 +166,7 @@ func TestSuppressedLinesSummarizedWithoutTraffic(t *testing.T) {
 		t.Fatal("no summary timer after lines were suppressed")
 	}
 	clk.Advance(summaryEvery)
-	deadline := time.Now().Add(waitFor)
-	for h.suppressed(msgUnknownName) != 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("summary reports %d suppressed, want 5", h.suppressed(msgUnknownName))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.logs.WaitUntil(t, waitFor, "a summary of 5 suppressed", func(*observer.ObservedLogs) bool {
+		return h.suppressed(msgUnknownName) == 5
+	})
 }

@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sdsagent/sdsagent/internal/logtest"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 
 	"github.com/sdsagent/sdsagent/cache"
@@ -79,7 +79,7 @@ type harness struct {
 	srv     *Server
 	socket  string
 	metrics *metrics.Metrics
-	logs    *observer.ObservedLogs
+	logs    *logtest.Logs
 	logText *syncBuffer
 	root    *testpki.CA
 	issuer  *testpki.CA
@@ -132,7 +132,7 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 	if opts.infoLogs {
 		level = zapcore.InfoLevel
 	}
-	core, logs := observer.New(level)
+	core, logs := logtest.NewCore(level)
 	logText := &syncBuffer{}
 	jsonCore := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(logText), level)
 	h := &harness{

@@ -12,12 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sdsagent/sdsagent/internal/clock/clocktest"
 	"github.com/sdsagent/sdsagent/internal/devca"
+	"github.com/sdsagent/sdsagent/internal/logtest"
 	"github.com/sdsagent/sdsagent/internal/pki"
 	"github.com/sdsagent/sdsagent/internal/testpki"
 )
@@ -245,19 +244,16 @@ func TestCRL_SigningCertWithoutCRLSign(t *testing.T) {
 	if _, err := devca.Revoke(devca.RevokeConfig{Dir: dir, Serial: "1"}); err == nil || !strings.Contains(err.Error(), "lacks the CRL sign key usage") {
 		t.Fatalf("Revoke: %v, want the missing CRL sign key usage named", err)
 	}
-	core, logs := observer.New(zapcore.InfoLevel)
-	ca := newCA(t, devca.Config{Dir: dir, Logger: zap.New(core)})
+	log, logs := logtest.New(zapcore.InfoLevel)
+	ca := newCA(t, devca.Config{Dir: dir, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- ca.RunCRL(ctx) }()
-	deadline := time.Now().Add(waitTimeout)
-	for logs.FilterMessage("no crl published; revocation is unavailable").Len() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no warning; logs %v", logs.All())
-		}
-		time.Sleep(time.Millisecond)
-	}
+	logs.WaitForMessage(t, "no crl published; revocation is unavailable", 1, waitTimeout)
 	cancel()
+	if n := logs.FilterMessage("no crl published; revocation is unavailable").Len(); n != 1 {
+		t.Fatalf("%d warnings, want 1", n)
+	}
 	if err := <-done; err != nil {
 		t.Fatalf("RunCRL: %v", err)
 	}

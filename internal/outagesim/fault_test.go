@@ -56,6 +56,7 @@ type faultCA struct {
 	mode    mode
 	changed chan struct{}            // closed and replaced when mode changes
 	started int                      // Sign calls started
+	signing chan struct{}            // closed and replaced when a Sign call starts
 	ended   int                      // Sign calls returned
 	hanging int                      // Sign calls blocked in hang
 	waiters int                      // WaitReachable calls blocked
@@ -74,6 +75,7 @@ func newFaultCA(t testing.TB, clk *clocktest.Fake, notBefore time.Time) *faultCA
 		other:   testpki.NewRootValid(t, "other root", notBefore.Add(-24*time.Hour), notBefore.Add(3650*24*time.Hour)),
 		otherID: other,
 		changed: make(chan struct{}),
+		signing: make(chan struct{}),
 	}
 }
 
@@ -88,6 +90,14 @@ func (f *faultCA) setMode(m mode) (waiters int) {
 	return f.waiters
 }
 
+// startedSince returns the Sign calls started, and a channel closed when
+// the next one starts.
+func (f *faultCA) startedSince() (started int, next <-chan struct{}) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.started, f.signing
+}
+
 // counts returns the Sign calls started, returned and hanging.
 func (f *faultCA) counts() (started, ended, hanging int) {
 	f.mu.Lock()
@@ -99,6 +109,8 @@ func (f *faultCA) counts() (started, ended, hanging int) {
 func (f *faultCA) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]string, error) {
 	f.mu.Lock()
 	f.started++
+	close(f.signing)
+	f.signing = make(chan struct{})
 	m := f.mode
 	f.byMode[m]++
 	f.mu.Unlock()

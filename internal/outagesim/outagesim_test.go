@@ -375,15 +375,18 @@ func (s *sim) switchMode(from, to mode, now time.Time) {
 		s.pending = nil
 	}
 	if waiters > 0 && to != down {
-		deadline := time.Now().Add(realLimit)
+		deadline := time.NewTimer(realLimit)
+		defer deadline.Stop()
 		for {
-			if started, _, _ := s.ca.counts(); started > before {
+			started, next := s.ca.startedSince()
+			if started > before {
 				return
 			}
-			if time.Now().After(deadline) {
+			select {
+			case <-next:
+			case <-deadline.C:
 				s.t.Fatalf("at %s the CA came back to %d waiting probes, but no CSR followed", s.sinceStart(), waiters)
 			}
-			time.Sleep(50 * time.Microsecond)
 		}
 	}
 }
