@@ -281,26 +281,9 @@ func FuzzStreamSecrets(f *testing.F) {
 				break // the server ended the stream; Recv tells why
 			}
 		}
-		if sendErr == nil {
-			_ = st.CloseSend()
-		}
-		for {
-			resp, err := st.Recv()
-			if err != nil {
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					t.Fatalf("stream did not end within %s after the client closed its side", fuzzWait)
-				}
-				c := checkCode(t, "stream", err)
-				if wantRejected(nodeID, typeURL) && c != codes.InvalidArgument {
-					t.Fatalf("stream with node id %q and type url %q ended with %v, want InvalidArgument", nodeID, typeURL, err)
-				}
-				break
-			}
-			if wantRejected(nodeID, typeURL) {
-				t.Fatalf("stream with node id %q and type url %q was answered", nodeID, typeURL)
-			}
+		drainFuzzStream(t, ctx, "stream", st, sendErr, nodeID, typeURL, func(resp *discoveryv3.DiscoveryResponse) {
 			checkSecrets(t, "stream", resp.GetTypeUrl(), resp.GetResources(), nil, allowed)
-		}
+		})
 		fs.checkAlive(t)
 	})
 }
@@ -362,24 +345,7 @@ func FuzzDeltaSecrets(f *testing.F) {
 				break
 			}
 		}
-		if sendErr == nil {
-			_ = st.CloseSend()
-		}
-		for {
-			resp, err := st.Recv()
-			if err != nil {
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-					t.Fatalf("delta stream did not end within %s after the client closed its side", fuzzWait)
-				}
-				c := checkCode(t, "delta", err)
-				if wantRejected(nodeID, typeURL) && c != codes.InvalidArgument {
-					t.Fatalf("delta stream with node id %q and type url %q ended with %v, want InvalidArgument", nodeID, typeURL, err)
-				}
-				break
-			}
-			if wantRejected(nodeID, typeURL) {
-				t.Fatalf("delta stream with node id %q and type url %q was answered", nodeID, typeURL)
-			}
+		drainFuzzStream(t, ctx, "delta stream", st, sendErr, nodeID, typeURL, func(resp *discoveryv3.DeltaDiscoveryResponse) {
 			var anys []*anypb.Any
 			var names []string
 			for _, r := range resp.GetResources() {
@@ -392,9 +358,40 @@ func FuzzDeltaSecrets(f *testing.F) {
 					t.Fatalf("delta: removed %q, which the client never named", n)
 				}
 			}
-		}
+		})
 		fs.checkAlive(t)
 	})
+}
+
+// drainFuzzStream closes the client's side of st unless sending failed,
+// then reads until the server ends the stream: an end that is not a
+// client-error status, an answer to a request the server must refuse, or
+// no end within fuzzWait fails t; check sees each answer.
+func drainFuzzStream[Resp any](t *testing.T, ctx context.Context, kind string, st interface {
+	CloseSend() error
+	Recv() (Resp, error)
+}, sendErr error, nodeID, typeURL string, check func(Resp)) {
+	t.Helper()
+	if sendErr == nil {
+		_ = st.CloseSend()
+	}
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				t.Fatalf("%s did not end within %s after the client closed its side", kind, fuzzWait)
+			}
+			c := checkCode(t, kind, err)
+			if wantRejected(nodeID, typeURL) && c != codes.InvalidArgument {
+				t.Fatalf("%s with node id %q and type url %q ended with %v, want InvalidArgument", kind, nodeID, typeURL, err)
+			}
+			return
+		}
+		if wantRejected(nodeID, typeURL) {
+			t.Fatalf("%s with node id %q and type url %q was answered", kind, nodeID, typeURL)
+		}
+		check(resp)
+	}
 }
 
 // FuzzFetchSecrets calls FetchSecrets with a request built from the input.
