@@ -32,10 +32,6 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	clk := clock.Real()
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg)
-
 	plan := cfg.CertPlan(cache.MountedCertsPresent)
 	client, err := newSigner(cfg, plan.Signer, log)
 	if err != nil {
@@ -43,7 +39,15 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	}
 	if client != nil {
 		defer client.Close()
+		// The first CSR waits for the connection to the CA, TLS included:
+		// open it now, while the rest is set up and the key generated.
+		if c, ok := client.(interface{ Connect() }); ok {
+			c.Connect()
+		}
 	}
+	clk := clock.Real()
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
 		KeyType:     cfg.KeyType,
