@@ -28,6 +28,8 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 // serveAgent builds the agent's components from cfg and runs them until
 // ctx ends or one fails.
 func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
+	// The first line a start-up timeline can date (hack/coldphases).
+	log.Debug("configuration read")
 	id, err := pki.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount)
 	if err != nil {
 		return err

@@ -5,6 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/sdsagent/sdsagent/internal/caclient"
 )
 
@@ -76,5 +80,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		case <-tick.C:
 		}
+	}
+}
+
+// Each verified handshake is logged at debug level, which dates the end
+// of the TLS handshake in a start-up timeline (hack/coldphases).
+func TestVerifiedHandshakeLogged(t *testing.T) {
+	ca := startCA(t, &fakeCA{})
+	cfg := ca.config(t)
+	core, logs := observer.New(zapcore.DebugLevel)
+	cfg.Logger = zap.New(core)
+	c := newClient(t, cfg)
+	c.Connect()
+	waitFor(t, "the connection to be up after Connect", c.Reachable)
+	entries := logs.FilterMessage("ca certificate verified").All()
+	if len(entries) != 1 {
+		t.Fatalf("got %d verified logs, want 1; all: %v", len(entries), logs.All())
+	}
+	if got := entries[0].ContextMap()["server_name"]; got != serverName {
+		t.Errorf("server_name = %v, want %s", got, serverName)
 	}
 }
