@@ -74,12 +74,18 @@ func TestAgentConnectsToCABeforeTheFirstCSR(t *testing.T) {
 	proxy := startCountingProxy(t, ca.addr)
 	token := filepath.Join(tempDir(t), "token")
 	a := startAgent(t, ca.agentArgs(filepath.Join(tempDir(t), "s.sock"),
-		"--ca-addr", proxy.addr, "--token-file", token))
+		"--ca-addr", proxy.addr, "--token-file", token, "--log-level", "debug"))
 	a.logs.waitLine(t, "certificate request failed")
 	select {
 	case <-proxy.first:
 	case <-time.After(waitLimit):
 		t.Fatalf("the agent opened no connection to the CA while it could send no CSR; logs:\n%s", a.logs.String())
+	}
+	// The handshake completes too, and the debug log dates it, as it
+	// dates the start (hack/coldphases reads these lines).
+	a.logs.waitLine(t, "ca certificate verified")
+	if lines := a.logs.lines(); len(lines) == 0 || lines[0]["msg"] != "configuration read" {
+		t.Errorf("the first debug line is not \"configuration read\": %v", lines[:min(len(lines), 1)])
 	}
 	caToken, err := os.ReadFile(filepath.Join(ca.dir, "token"))
 	if err != nil {
