@@ -28,14 +28,12 @@ func runAgent(ctx context.Context, args []string, getenv func(string) string, st
 // serveAgent builds the agent's components from cfg and runs them until
 // ctx ends or one fails.
 func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
+	// The first line a start-up timeline can date (hack/coldphases).
+	log.Debug("configuration read")
 	id, err := pki.WorkloadID(cfg.TrustDomain, cfg.Namespace, cfg.ServiceAccount)
 	if err != nil {
 		return err
 	}
-	clk := clock.Real()
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg)
-
 	plan := cfg.CertPlan(cache.MountedCertsPresent)
 	client, err := newSigner(cfg, plan.Signer, log)
 	if err != nil {
@@ -43,7 +41,15 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 	}
 	if client != nil {
 		defer client.Close()
+		// The first CSR waits for the connection to the CA, TLS included:
+		// open it now, while the rest is set up and the key generated.
+		if c, ok := client.(interface{ Connect() }); ok {
+			c.Connect()
+		}
 	}
+	clk := clock.Real()
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
 	mgr, err := cache.New(cache.Config{
 		ID:          id,
 		KeyType:     cfg.KeyType,

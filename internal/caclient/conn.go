@@ -72,6 +72,9 @@ func (c *Client) transportCredentials(cn *conn) credentials.TransportCredentials
 					zap.String("root_cert_file", c.cfg.RootCertFile),
 					zap.String("server_name", c.cfg.ServerName),
 					zap.Error(err))
+			} else {
+				// Marks the end of the TLS handshake in a start-up timeline.
+				c.log.Debug("ca certificate verified", zap.String("server_name", c.cfg.ServerName))
 			}
 			return err
 		},

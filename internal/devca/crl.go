@@ -44,23 +44,28 @@ const (
 	crlPollInterval = time.Minute
 )
 
-// revocationReasons are the CRL reason codes of RFC 5280 section 5.3.1
-// that `ca revoke --reason` accepts, by their RFC names.
-var revocationReasons = map[string]int{
-	"unspecified":          0,
-	"keyCompromise":        1,
-	"cACompromise":         2,
-	"affiliationChanged":   3,
-	"superseded":           4,
-	"cessationOfOperation": 5,
-	"certificateHold":      6,
-	"privilegeWithdrawn":   9,
+// revocationReasons returns the CRL reason codes of RFC 5280 section
+// 5.3.1 that `ca revoke --reason` accepts, by their RFC names. A function,
+// not a package variable: the agent binary links this package, and a map
+// variable is built by package initialisation at every start.
+func revocationReasons() map[string]int {
+	return map[string]int{
+		"unspecified":          0,
+		"keyCompromise":        1,
+		"cACompromise":         2,
+		"affiliationChanged":   3,
+		"superseded":           4,
+		"cessationOfOperation": 5,
+		"certificateHold":      6,
+		"privilegeWithdrawn":   9,
+	}
 }
 
 // RevocationReasons returns the reason names Revoke accepts, sorted.
 func RevocationReasons() []string {
-	names := make([]string, 0, len(revocationReasons))
-	for n := range revocationReasons {
+	reasons := revocationReasons()
+	names := make([]string, 0, len(reasons))
+	for n := range reasons {
 		names = append(names, n)
 	}
 	slices.Sort(names)
@@ -116,7 +121,7 @@ func Revoke(cfg RevokeConfig) (*x509.RevocationList, error) {
 	if cfg.Reason == "" {
 		cfg.Reason = "unspecified"
 	}
-	if _, ok := revocationReasons[cfg.Reason]; !ok {
+	if _, ok := revocationReasons()[cfg.Reason]; !ok {
 		return nil, fmt.Errorf("devca: revoke: unknown reason %q; use one of %s", cfg.Reason, strings.Join(RevocationReasons(), ", "))
 	}
 	if cfg.CRLValidity < 0 {
@@ -275,7 +280,7 @@ func publishCRL(dir string, st *revocationState, key crypto.Signer, cert *x509.C
 		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{
 			SerialNumber:   n,
 			RevocationTime: e.RevokedAt,
-			ReasonCode:     revocationReasons[e.Reason],
+			ReasonCode:     revocationReasons()[e.Reason],
 		})
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, cert, key)

@@ -55,7 +55,8 @@ type Metrics struct {
 }
 
 // New creates the collectors and registers them, together with the Go and
-// process collectors, on reg. A nil reg leaves them unregistered, which
+// process collectors, on reg; the Go collector is built at the first
+// scrape, off the path to the first certificate. A nil reg leaves them unregistered, which
 // tests use when they do not look at metrics.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -119,8 +120,8 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.CertExpiryTimestamp, m.CSRRequests, m.CSRDuration, m.Rotations,
 			m.SDSStreams, m.SDSPushes, m.SDSNacks, m.SDSUnknownNames, m.FileErrors,
 			m.SDSConnectionsRefused, m.CRLStale, m.LimitRejections,
-			collectors.NewGoCollector(),
 			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+			newLazyCollector(func() prometheus.Collector { return collectors.NewGoCollector() }),
 		)
 	}
 	return m

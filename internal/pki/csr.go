@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 )
 
 // ID is a SPIFFE ID such as spiffe://cluster.local/ns/default/sa/web.
@@ -16,8 +15,19 @@ type ID struct {
 	u *url.URL
 }
 
-// pathSegmentRE follows the SPIFFE spec for path segments.
-var pathSegmentRE = regexp.MustCompile(`^[a-zA-Z0-9._-]+$`)
+// isPathSegment reports whether seg is a SPIFFE path segment: one or more
+// ASCII letters, digits, '.', '-' and '_'. (A function, not a regular
+// expression compiled by package initialisation at every start.)
+func isPathSegment(seg string) bool {
+	for i := 0; i < len(seg); i++ {
+		switch c := seg[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '-', c == '_':
+		default:
+			return false
+		}
+	}
+	return seg != ""
+}
 
 // CheckTrustDomain returns an error unless td is a SPIFFE trust domain
 // name: 1 to 255 lowercase letters, digits, '.', '-' and '_', without
@@ -44,7 +54,7 @@ func WorkloadID(trustDomain, namespace, serviceAccount string) (ID, error) {
 		return ID{}, err
 	}
 	for what, seg := range map[string]string{"namespace": namespace, "service account": serviceAccount} {
-		if seg == "" || seg == "." || seg == ".." || !pathSegmentRE.MatchString(seg) {
+		if seg == "" || seg == "." || seg == ".." || !isPathSegment(seg) {
 			return ID{}, fmt.Errorf("invalid %s %q: use letters, digits, '.', '-' and '_'", what, seg)
 		}
 	}
