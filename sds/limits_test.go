@@ -16,7 +16,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -287,5 +289,68 @@ func TestSocketPathTooLong(t *testing.T) {
 func closeIf(lis net.Listener) {
 	if lis != nil {
 		_ = lis.Close()
+	}
+}
+
+// TestConnectionLimit: a connection over --sds-max-connections is closed
+// as it is accepted, with an error that names the flag, and counted;
+// once a connection closes, a new one is served.
+func TestConnectionLimit(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxConnections: 2}})
+	h.publishAll()
+	ctx := h.ctx()
+	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+	second, err := sdstest.Dial(ctx, h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := sdstest.Fetch(ctx, second, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+
+	third, err := grpc.NewClient("unix://"+h.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sdstest.Fetch(ctx, third, []string{def})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "--sds-max-connections") {
+		t.Fatalf("fetch on a connection over the limit = %v, want ResourceExhausted naming --sds-max-connections", err)
+	}
+	third.Close()
+	if got := h.rejections(limitConnections); got < 1 {
+		t.Fatalf("rejections{connections} = %v, want at least 1", got)
+	}
+	logged := h.logs.FilterMessage("connection refused by a limit").All()
+	if len(logged) == 0 || !strings.Contains(logged[0].ContextMap()["error"].(string), "--sds-max-connections") {
+		t.Fatalf("log lines = %v, want one naming --sds-max-connections", logged)
+	}
+
+	// A connection that closes makes room.
+	second.Close()
+	waitCond(t, "the closed connection counted out", func() bool { conns, _ := h.srv.Open(); return conns == 1 })
+	again, err := sdstest.Dial(ctx, h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if _, err := sdstest.Fetch(ctx, again, []string{def}); err != nil {
+		t.Fatalf("fetch after a connection closed: %v", err)
+	}
+}
+
+// waitCond polls cond until it holds, failing the test after waitFor.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: timed out", what)
+		}
+		<-tick.C
 	}
 }
