@@ -129,15 +129,16 @@ func (s *Server) grpcOptions(serving context.Context) []grpc.ServerOption {
 	return append(transportOptions(s.cfg.untune),
 		grpc.WaitForHandlers(true),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
-		grpc.MaxRecvMsgSize(lim.MaxMessageBytes),
+		grpc.MaxRecvMsgSize(hardMessageBytes(lim.MaxMessageBytes)),
+		newSizedCodec(),
 		grpc.MaxConcurrentStreams(uint32(min(lim.MaxStreamsPerConn+fetchHeadroom, 1<<31))),
 		grpc.StatsHandler(connTagger{open: &s.conns, serving: serving}),
 	)
 }
 
 // serviceDesc is the generated SDS service description with a FetchSecrets
-// handler of our own, which can tell a request over the size limit from
-// other errors (the generated one decodes before any hook runs).
+// handler of our own, which refuses a request over the size limit with
+// the limit's error (recvSized).
 func (s *Server) serviceDesc() *grpc.ServiceDesc {
 	desc := secretv3.SecretDiscoveryService_ServiceDesc
 	desc.Methods = slices.Clone(desc.Methods)
@@ -151,15 +152,16 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 
 func fetchHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 	svc := srv.(service)
-	req := new(discoveryv3.DiscoveryRequest)
-	if err := dec(req); err != nil {
+	req, err := recvSized[discoveryv3.DiscoveryRequest](svc.s, dec)
+	if err != nil {
 		return nil, svc.s.recvError(err)
 	}
 	return svc.FetchSecrets(ctx, req)
 }
 
-// recvError turns gRPC's refusal of a message over the size limit into
-// one that names the flag; other errors are returned as they are.
+// recvError counts and logs gRPC's refusal of a message over twice the
+// size limit (hardMessageBytes), whose status gRPC has written already;
+// other errors are returned as they are.
 func (s *Server) recvError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "larger than max") {

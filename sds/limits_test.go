@@ -184,43 +184,62 @@ func TestStreamLimits(t *testing.T) {
 	serve(again)
 }
 
+// TestMessageSizeLimit: a request over --sds-max-message-bytes ends its
+// stream or fetch with ResourceExhausted naming the flag; one over twice
+// the limit is refused by gRPC before it is read, with gRPC's message.
+// Each is counted, and the connection keeps serving.
 func TestMessageSizeLimit(t *testing.T) {
 	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxMessageBytes: 2048}})
 	h.publishAll()
 	h.waitServed(def, root)
 	ctx := h.ctx()
-	meta, err := structpb.NewStruct(map[string]any{"padding": strings.Repeat("p", 4096)})
-	if err != nil {
-		t.Fatal(err)
+	node := func(padding int) *corev3.Node {
+		meta, err := structpb.NewStruct(map[string]any{"padding": strings.Repeat("p", padding)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &corev3.Node{Id: sdstest.DefaultNodeID, Metadata: meta}
 	}
-	big := &corev3.Node{Id: sdstest.DefaultNodeID, Metadata: meta}
+	big, huge := node(3000), node(5000)
 
-	// gRPC itself refuses the message and writes the status before any
-	// handler runs, so the client's message says the limit in bytes;
-	// the agent's log line names the flag.
-	checkSize := func(err error) {
+	checkOurs := func(what string, err error) {
 		t.Helper()
-		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "2048") {
-			t.Fatalf("error = %v, want ResourceExhausted naming the 2048-byte limit", err)
+		msg := status.Convert(err).Message()
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(msg, "--sds-max-message-bytes") || !strings.Contains(msg, "2048") {
+			t.Fatalf("%s: error = %v, want ResourceExhausted naming --sds-max-message-bytes and its 2048 bytes", what, err)
 		}
 	}
 	st := h.openStream()
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: big, ResourceNames: []string{def}, TypeUrl: resource.SecretType}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = st.Recv(ctx)
-	checkSize(err)
-	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(big))
-	checkSize(err)
-	// The fetch is counted before its status is written; the stream may
-	// end for the client first, but is counted before the server closes it.
-	h.waitStreams("refused stream closed", func(s []StreamInfo) bool { return len(s) == 0 })
-	if got := h.rejections(limitMessageBytes); got != 2 {
-		t.Fatalf("rejections{message_bytes} = %v, want 2", got)
+	_, err := st.Recv(ctx)
+	checkOurs("sotw stream", err)
+	delta := h.openDelta()
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: big, ResourceNamesSubscribe: []string{def}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
 	}
-	logged := h.logs.FilterMessage("request refused by a limit").All()
-	if len(logged) == 0 || !strings.Contains(logged[0].ContextMap()["error"].(string), "--sds-max-message-bytes") {
-		t.Fatalf("limit log lines = %v, want one naming --sds-max-message-bytes", logged)
+	_, err = delta.Recv(ctx)
+	checkOurs("delta stream", err)
+	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(big))
+	checkOurs("fetch", err)
+
+	// Over twice the limit, gRPC refuses the message before reading it,
+	// and writes its own status first: ResourceExhausted with the bytes.
+	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(huge))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "4096") {
+		t.Fatalf("fetch over twice the limit: error = %v, want ResourceExhausted naming 4096 bytes", err)
+	}
+	// A fetch is counted before its status is written; a stream may end
+	// for the client first, but is counted before the server closes it.
+	h.waitStreams("refused streams closed", func(s []StreamInfo) bool { return len(s) == 0 })
+	if got := h.rejections(limitMessageBytes); got != 4 {
+		t.Fatalf("rejections{message_bytes} = %v, want 4", got)
+	}
+	for _, l := range h.logs.FilterMessage("request refused by a limit").All() {
+		if !strings.Contains(l.ContextMap()["error"].(string), "--sds-max-message-bytes") {
+			t.Fatalf("limit log line %v does not name --sds-max-message-bytes", l.ContextMap())
+		}
 	}
 	// A request under the limit on the same connection is served.
 	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {

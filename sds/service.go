@@ -26,7 +26,10 @@ func (svc service) StreamSecrets(gs secretv3.SecretDiscoveryService_StreamSecret
 		return err
 	}
 	defer st.close()
-	return serveStream(gs.Context(), svc.done, st, gs.Recv, st.handleSotW, func() error {
+	recv := func() (*discoveryv3.DiscoveryRequest, error) {
+		return recvSized[discoveryv3.DiscoveryRequest](svc.s, gs.RecvMsg)
+	}
+	return serveStream(gs.Context(), svc.done, st, recv, st.handleSotW, func() error {
 		resp := st.dueSotW()
 		if resp == nil {
 			return nil
@@ -46,7 +49,10 @@ func (svc service) DeltaSecrets(gs secretv3.SecretDiscoveryService_DeltaSecretsS
 		return err
 	}
 	defer st.close()
-	return serveStream(gs.Context(), svc.done, st, gs.Recv, st.handleDelta, func() error {
+	recv := func() (*discoveryv3.DeltaDiscoveryRequest, error) {
+		return recvSized[discoveryv3.DeltaDiscoveryRequest](svc.s, gs.RecvMsg)
+	}
+	return serveStream(gs.Context(), svc.done, st, recv, st.handleDelta, func() error {
 		resp := st.dueDelta()
 		if resp == nil {
 			return nil
