@@ -4,9 +4,9 @@
 //
 // The protocol is implemented here, on go-control-plane's generated
 // protos: one mutex serializes each stream's subscriptions, versions,
-// nonces and sends (stream.go, push.go), secrets are marshalled once into a versioned table
-// that every stream reads (table.go), and what clients may ask is bounded
-// (limits.go), their log lines included.
+// nonces and sends (stream.go, push.go), secrets are marshalled once into
+// a versioned table that every stream reads (table.go), and what clients
+// may ask is bounded (limits.go), their log lines included.
 //
 // Its files: server.go (Config, New, Run and Serve, what operators see),
 // listen.go (the socket: path limit, stale files, mode), transport.go (the
@@ -15,7 +15,9 @@
 // updates), stream.go (one stream's state and responses), fetch.go
 // (FetchSecrets), table.go (the versioned table of marshalled secrets),
 // sync.go (the Source's snapshots into the table; Secret protos via
-// ToProto) and limits.go (Limits and their refusals).
+// ToProto), limits.go (Limits and their refusals), connlimit.go (the
+// connection cap, enforced at accept) and codec.go (the message size
+// limit's own refusal).
 package sds
 
 import (
