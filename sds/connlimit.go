@@ -34,8 +34,8 @@ func (s *Server) admit() bool {
 // connections at a time get an answer a gRPC client shows its caller: an
 // HTTP/2 server preface, then, to the first request, a ResourceExhausted
 // status that names the limit and its flag, and a GOAWAY; each is read
-// for at most drainTimeout and drainBytes before it is closed. Others
-// are closed at once. serving ends the answering.
+// for at most the handshake timeout and drainBytes before it is closed.
+// Others are closed at once. serving ends the answering.
 func (s *Server) refuseConn(serving context.Context, c net.Conn) {
 	msg := fmt.Sprintf("%d SDS connections are open, the limit (%s); try again later or raise it",
 		s.cfg.Limits.MaxConnections, flagMaxConnections)
@@ -54,19 +54,18 @@ func (s *Server) refuseConn(serving context.Context, c net.Conn) {
 		defer stop()
 		defer c.Close()
 		// A deadline on a socket is kernel time: the real clock.
-		_ = c.SetDeadline(time.Now().Add(drainTimeout))
+		_ = c.SetDeadline(time.Now().Add(s.cfg.Limits.HandshakeTimeout))
 		answerRefused(c, msg)
 	})
 }
 
 // Bounds on answering refused connections (refuseConn): a client cannot
-// hold more than maxDraining goroutines, each for at most drainTimeout
-// and drainBytes (a gRPC client sends a few hundred bytes before its
-// first request).
+// hold more than maxDraining goroutines, each for at most the handshake
+// timeout and drainBytes (a gRPC client sends a few hundred bytes before
+// its first request).
 const (
-	maxDraining  = 16
-	drainTimeout = time.Second
-	drainBytes   = 64 << 10
+	maxDraining = 16
+	drainBytes  = 64 << 10
 )
 
 // HTTP/2 frame types, flags and codes of the answer to a refused

@@ -373,3 +373,42 @@ func waitCond(t *testing.T, what string, cond func() bool) {
 		<-tick.C
 	}
 }
+
+// TestRefusedConnectionsAnsweredWithinBound: refused connections that
+// never send a request hold at most maxDraining answering goroutines;
+// one more refused connection is closed at once, without an answer.
+func TestRefusedConnectionsAnsweredWithinBound(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxConnections: 1, HandshakeTimeout: waitFor}})
+	h.publishAll()
+	if _, err := sdstest.Fetch(h.ctx(), h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", h.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		// The deadline only bounds a failing test.
+		if err := c.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Each of these is answered: it gets the server's SETTINGS frame,
+	// then waits for a request it never sends.
+	for i := range maxDraining {
+		var frame [9]byte
+		if _, err := io.ReadFull(dial(), frame[:]); err != nil || frame[3] != frameTypeSettings {
+			t.Fatalf("refused connection %d: read %x, %v; want a SETTINGS frame", i, frame, err)
+		}
+	}
+	// All answering goroutines are taken: the next is closed unanswered.
+	if b, err := io.ReadAll(dial()); err != nil || len(b) != 0 {
+		t.Fatalf("connection over the answering bound: read %d bytes, %v; want it closed at once", len(b), err)
+	}
+	if got := h.rejections(limitConnections); got != maxDraining+1 {
+		t.Fatalf("rejections{connections} = %v, want %d", got, maxDraining+1)
+	}
+}
