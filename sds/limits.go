@@ -48,6 +48,9 @@ type Limits struct {
 	// HandshakeTimeout bounds the time a new connection has to send its
 	// HTTP/2 preface; a connection that has not is closed. Default 5s.
 	HandshakeTimeout time.Duration
+	// MaxConnections bounds the client connections open at once; one
+	// over it is closed as it is accepted. Default 1024.
+	MaxConnections int
 }
 
 // Default limits, see Limits.
@@ -58,6 +61,7 @@ const (
 	DefaultMaxStreams         = 4096
 	DefaultMaxMessageBytes    = 1 << 20
 	DefaultHandshakeTimeout   = 5 * time.Second
+	DefaultMaxConnections     = 1024
 )
 
 // The agent's flags that set the limits, named in refusals.
@@ -68,6 +72,7 @@ const (
 	flagMaxStreams        = "--sds-max-streams"
 	flagMaxMessageBytes   = "--sds-max-message-bytes"
 	flagHandshakeTimeout  = "--sds-handshake-timeout"
+	flagMaxConnections    = "--sds-max-connections"
 )
 
 // Values of the "limit" label of sdsagent_limit_rejections_total.
@@ -78,6 +83,7 @@ const (
 	limitStreams        = "streams"
 	limitMessageBytes   = "message_bytes"
 	limitHandshake      = "handshake_timeout"
+	limitConnections    = "connections"
 )
 
 func (l Limits) withDefaults() (Limits, error) {
@@ -91,6 +97,7 @@ func (l Limits) withDefaults() (Limits, error) {
 		{&l.MaxStreamsPerConn, DefaultMaxStreamsPerConn, flagMaxStreamsPerConn},
 		{&l.MaxStreams, DefaultMaxStreams, flagMaxStreams},
 		{&l.MaxMessageBytes, DefaultMaxMessageBytes, flagMaxMessageBytes},
+		{&l.MaxConnections, DefaultMaxConnections, flagMaxConnections},
 	}
 	for _, f := range ints {
 		switch {
@@ -115,21 +122,23 @@ func (l Limits) withDefaults() (Limits, error) {
 const fetchHeadroom = 16
 
 // grpcOptions returns the gRPC server's options: the limits it enforces
-// itself, and the connection tagging the stream limits need.
-func (s *Server) grpcOptions() []grpc.ServerOption {
+// itself, and the connection tagging the stream limits need. Every
+// connection's context is cancelled when serving (Serve's ctx) ends.
+func (s *Server) grpcOptions(serving context.Context) []grpc.ServerOption {
 	lim := s.cfg.Limits
 	return append(transportOptions(s.cfg.untune),
 		grpc.WaitForHandlers(true),
 		grpc.ConnectionTimeout(lim.HandshakeTimeout),
-		grpc.MaxRecvMsgSize(lim.MaxMessageBytes),
+		grpc.MaxRecvMsgSize(hardMessageBytes(lim.MaxMessageBytes)),
+		newSizedCodec(),
 		grpc.MaxConcurrentStreams(uint32(min(lim.MaxStreamsPerConn+fetchHeadroom, 1<<31))),
-		grpc.StatsHandler(connTagger{open: &s.conns}),
+		grpc.StatsHandler(connTagger{open: &s.conns, serving: serving}),
 	)
 }
 
 // serviceDesc is the generated SDS service description with a FetchSecrets
-// handler of our own, which can tell a request over the size limit from
-// other errors (the generated one decodes before any hook runs).
+// handler of our own, which refuses a request over the size limit with
+// the limit's error (recvSized).
 func (s *Server) serviceDesc() *grpc.ServiceDesc {
 	desc := secretv3.SecretDiscoveryService_ServiceDesc
 	desc.Methods = slices.Clone(desc.Methods)
@@ -143,15 +152,16 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 
 func fetchHandler(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 	svc := srv.(service)
-	req := new(discoveryv3.DiscoveryRequest)
-	if err := dec(req); err != nil {
+	req, err := recvSized[discoveryv3.DiscoveryRequest](svc.s, dec)
+	if err != nil {
 		return nil, svc.s.recvError(err)
 	}
 	return svc.FetchSecrets(ctx, req)
 }
 
-// recvError turns gRPC's refusal of a message over the size limit into
-// one that names the flag; other errors are returned as they are.
+// recvError counts and logs gRPC's refusal of a message over twice the
+// size limit (hardMessageBytes), whose status gRPC has written already;
+// other errors are returned as they are.
 func (s *Server) recvError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "larger than max") {
@@ -195,6 +205,8 @@ type connState struct {
 	// streams counts the connection's open SDS streams; Server.mu
 	// guards it.
 	streams int
+	// release unlinks the connection's context from the serving one.
+	release func()
 }
 
 type connKey struct{}
@@ -206,18 +218,28 @@ func connFrom(ctx context.Context) *connState {
 }
 
 // connTagger gives every connection its connState: stream contexts
-// derive from the connection's. open counts the open connections.
-type connTagger struct{ open *atomic.Int64 }
-
-func (connTagger) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
-	return context.WithValue(ctx, connKey{}, &connState{})
+// derive from the connection's. open counts the open connections. The
+// connection's context is cancelled when serving ends, which ends its
+// streams: a stream handler waits in Recv, and only its context wakes it.
+type connTagger struct {
+	open    *atomic.Int64
+	serving context.Context
 }
-func (t connTagger) HandleConn(_ context.Context, st stats.ConnStats) {
+
+func (t connTagger) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(t.serving, cancel)
+	return context.WithValue(ctx, connKey{}, &connState{release: func() { stop(); cancel() }})
+}
+func (t connTagger) HandleConn(ctx context.Context, st stats.ConnStats) {
 	switch st.(type) {
 	case *stats.ConnBegin:
 		t.open.Add(1)
 	case *stats.ConnEnd:
 		t.open.Add(-1)
+		if c := connFrom(ctx); c != nil && c.release != nil {
+			c.release()
+		}
 	}
 }
 func (connTagger) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context {
@@ -227,32 +249,50 @@ func (connTagger) HandleRPC(context.Context, stats.RPCStats) {}
 
 // limitHandshakes wraps lis so that a connection closed for not sending
 // its HTTP/2 preface in time (gRPC's ConnectionTimeout, the only read
-// deadline gRPC sets) is counted and logged.
-func (s *Server) limitHandshakes(lis net.Listener) net.Listener {
-	return handshakeListener{Listener: lis, s: s}
+// deadline gRPC sets) is counted and logged, and one over MaxConnections
+// is refused (refuseConn) until serving ends.
+func (s *Server) limitHandshakes(serving context.Context, lis net.Listener) net.Listener {
+	return handshakeListener{Listener: lis, s: s, serving: serving}
 }
 
 type handshakeListener struct {
 	net.Listener
-	s *Server
+	s       *Server
+	serving context.Context
 }
 
 func (l handshakeListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !l.s.admit() {
+			l.s.refuseConn(l.serving, c)
+			continue
+		}
+		hc := &handshakeConn{Conn: c, s: l.s}
+		if l.s.cfg.untune&untunePollRead != 0 {
+			return hc, nil
+		}
+		return newPollConn(hc), nil
 	}
-	hc := &handshakeConn{Conn: c, s: l.s}
-	if l.s.cfg.untune&untunePollRead != 0 {
-		return hc, nil
-	}
-	return newPollConn(hc), nil
 }
 
 type handshakeConn struct {
 	net.Conn
 	s        *Server
 	timedOut atomic.Bool
+	closed   atomic.Bool
+}
+
+// Close closes the connection, making room for another under
+// MaxConnections.
+func (c *handshakeConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.s.accepted.Add(-1)
+	}
+	return c.Conn.Close()
 }
 
 func (c *handshakeConn) Read(p []byte) (int, error) {

@@ -16,7 +16,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -182,43 +184,62 @@ func TestStreamLimits(t *testing.T) {
 	serve(again)
 }
 
+// TestMessageSizeLimit: a request over --sds-max-message-bytes ends its
+// stream or fetch with ResourceExhausted naming the flag; one over twice
+// the limit is refused by gRPC before it is read, with gRPC's message.
+// Each is counted, and the connection keeps serving.
 func TestMessageSizeLimit(t *testing.T) {
 	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxMessageBytes: 2048}})
 	h.publishAll()
 	h.waitServed(def, root)
 	ctx := h.ctx()
-	meta, err := structpb.NewStruct(map[string]any{"padding": strings.Repeat("p", 4096)})
-	if err != nil {
-		t.Fatal(err)
+	node := func(padding int) *corev3.Node {
+		meta, err := structpb.NewStruct(map[string]any{"padding": strings.Repeat("p", padding)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &corev3.Node{Id: sdstest.DefaultNodeID, Metadata: meta}
 	}
-	big := &corev3.Node{Id: sdstest.DefaultNodeID, Metadata: meta}
+	big, huge := node(3000), node(5000)
 
-	// gRPC itself refuses the message and writes the status before any
-	// handler runs, so the client's message says the limit in bytes;
-	// the agent's log line names the flag.
-	checkSize := func(err error) {
+	checkOurs := func(what string, err error) {
 		t.Helper()
-		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "2048") {
-			t.Fatalf("error = %v, want ResourceExhausted naming the 2048-byte limit", err)
+		msg := status.Convert(err).Message()
+		if status.Code(err) != codes.ResourceExhausted || !strings.Contains(msg, "--sds-max-message-bytes") || !strings.Contains(msg, "2048") {
+			t.Fatalf("%s: error = %v, want ResourceExhausted naming --sds-max-message-bytes and its 2048 bytes", what, err)
 		}
 	}
 	st := h.openStream()
 	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: big, ResourceNames: []string{def}, TypeUrl: resource.SecretType}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = st.Recv(ctx)
-	checkSize(err)
-	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(big))
-	checkSize(err)
-	// The fetch is counted before its status is written; the stream may
-	// end for the client first, but is counted before the server closes it.
-	h.waitStreams("refused stream closed", func(s []StreamInfo) bool { return len(s) == 0 })
-	if got := h.rejections(limitMessageBytes); got != 2 {
-		t.Fatalf("rejections{message_bytes} = %v, want 2", got)
+	_, err := st.Recv(ctx)
+	checkOurs("sotw stream", err)
+	delta := h.openDelta()
+	if err := delta.Send(&discoveryv3.DeltaDiscoveryRequest{Node: big, ResourceNamesSubscribe: []string{def}, TypeUrl: resource.SecretType}); err != nil {
+		t.Fatal(err)
 	}
-	logged := h.logs.FilterMessage("request refused by a limit").All()
-	if len(logged) == 0 || !strings.Contains(logged[0].ContextMap()["error"].(string), "--sds-max-message-bytes") {
-		t.Fatalf("limit log lines = %v, want one naming --sds-max-message-bytes", logged)
+	_, err = delta.Recv(ctx)
+	checkOurs("delta stream", err)
+	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(big))
+	checkOurs("fetch", err)
+
+	// Over twice the limit, gRPC refuses the message before reading it,
+	// and writes its own status first: ResourceExhausted with the bytes.
+	_, err = sdstest.Fetch(ctx, h.conn, []string{def}, sdstest.WithNode(huge))
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "4096") {
+		t.Fatalf("fetch over twice the limit: error = %v, want ResourceExhausted naming 4096 bytes", err)
+	}
+	// A fetch is counted before its status is written; a stream may end
+	// for the client first, but is counted before the server closes it.
+	h.waitStreams("refused streams closed", func(s []StreamInfo) bool { return len(s) == 0 })
+	if got := h.rejections(limitMessageBytes); got != 4 {
+		t.Fatalf("rejections{message_bytes} = %v, want 4", got)
+	}
+	for _, l := range h.logs.FilterMessage("request refused by a limit").All() {
+		if !strings.Contains(l.ContextMap()["error"].(string), "--sds-max-message-bytes") {
+			t.Fatalf("limit log line %v does not name --sds-max-message-bytes", l.ContextMap())
+		}
 	}
 	// A request under the limit on the same connection is served.
 	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {
@@ -287,5 +308,107 @@ func TestSocketPathTooLong(t *testing.T) {
 func closeIf(lis net.Listener) {
 	if lis != nil {
 		_ = lis.Close()
+	}
+}
+
+// TestConnectionLimit: a connection over --sds-max-connections is closed
+// as it is accepted, with an error that names the flag, and counted;
+// once a connection closes, a new one is served.
+func TestConnectionLimit(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxConnections: 2}})
+	h.publishAll()
+	ctx := h.ctx()
+	if _, err := sdstest.Fetch(ctx, h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+	second, err := sdstest.Dial(ctx, h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := sdstest.Fetch(ctx, second, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+
+	third, err := grpc.NewClient("unix://"+h.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sdstest.Fetch(ctx, third, []string{def})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "--sds-max-connections") {
+		t.Fatalf("fetch on a connection over the limit = %v, want ResourceExhausted naming --sds-max-connections", err)
+	}
+	third.Close()
+	if got := h.rejections(limitConnections); got < 1 {
+		t.Fatalf("rejections{connections} = %v, want at least 1", got)
+	}
+	logged := h.logs.FilterMessage("connection refused by a limit").All()
+	if len(logged) == 0 || !strings.Contains(logged[0].ContextMap()["error"].(string), "--sds-max-connections") {
+		t.Fatalf("log lines = %v, want one naming --sds-max-connections", logged)
+	}
+
+	// A connection that closes makes room.
+	second.Close()
+	waitCond(t, "the closed connection counted out", func() bool { conns, _ := h.srv.Open(); return conns == 1 })
+	again, err := sdstest.Dial(ctx, h.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if _, err := sdstest.Fetch(ctx, again, []string{def}); err != nil {
+		t.Fatalf("fetch after a connection closed: %v", err)
+	}
+}
+
+// waitCond polls cond until it holds, failing the test after waitFor.
+func waitCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: timed out", what)
+		}
+		<-tick.C
+	}
+}
+
+// TestRefusedConnectionsAnsweredWithinBound: refused connections that
+// never send a request hold at most maxDraining answering goroutines;
+// one more refused connection is closed at once, without an answer.
+func TestRefusedConnectionsAnsweredWithinBound(t *testing.T) {
+	h := newHarnessWith(t, harnessOptions{limits: Limits{MaxConnections: 1, HandshakeTimeout: waitFor}})
+	h.publishAll()
+	if _, err := sdstest.Fetch(h.ctx(), h.conn, []string{def}); err != nil {
+		t.Fatal(err)
+	}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("unix", h.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		// The deadline only bounds a failing test.
+		if err := c.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// Each of these is answered: it gets the server's SETTINGS frame,
+	// then waits for a request it never sends.
+	for i := range maxDraining {
+		var frame [9]byte
+		if _, err := io.ReadFull(dial(), frame[:]); err != nil || frame[3] != frameTypeSettings {
+			t.Fatalf("refused connection %d: read %x, %v; want a SETTINGS frame", i, frame, err)
+		}
+	}
+	// All answering goroutines are taken: the next is closed unanswered.
+	if b, err := io.ReadAll(dial()); err != nil || len(b) != 0 {
+		t.Fatalf("connection over the answering bound: read %d bytes, %v; want it closed at once", len(b), err)
+	}
+	if got := h.rejections(limitConnections); got != maxDraining+1 {
+		t.Fatalf("rejections{connections} = %v, want %d", got, maxDraining+1)
 	}
 }

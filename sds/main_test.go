@@ -109,6 +109,8 @@ type harnessOptions struct {
 	noDemander bool
 	// limits are the server's limits; zero fields get the defaults.
 	limits Limits
+	// untune leaves transport settings at gRPC's defaults.
+	untune untune
 }
 
 func newHarness(t testing.TB) *harness {
@@ -164,6 +166,7 @@ func newHarnessWith(t testing.TB, opts harnessOptions) *harness {
 		Metrics:    h.metrics,
 		Clock:      opts.clock,
 		Limits:     opts.limits,
+		untune:     opts.untune,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -3,18 +3,21 @@
 // DeltaSecrets and FetchSecrets.
 //
 // The protocol is implemented here, on go-control-plane's generated
-// protos: one goroutine owns each stream's subscriptions, versions and
-// nonces (stream.go), secrets are marshalled once into a versioned table
-// that every stream reads (table.go), and what clients may ask is bounded
-// (limits.go), their log lines included.
+// protos: one mutex serializes each stream's subscriptions, versions,
+// nonces and sends (stream.go, push.go), secrets are marshalled once into
+// a versioned table that every stream reads (table.go), and what clients
+// may ask is bounded (limits.go), their log lines included.
 //
 // Its files: server.go (Config, New, Run and Serve, what operators see),
 // listen.go (the socket: path limit, stale files, mode), transport.go (the
 // per-connection gRPC settings and the handshake timeout), service.go (the
-// three RPCs), stream.go (one stream's state and responses), fetch.go
+// three RPCs), push.go (a stream's handler loop, and the pushes of table
+// updates), stream.go (one stream's state and responses), fetch.go
 // (FetchSecrets), table.go (the versioned table of marshalled secrets),
 // sync.go (the Source's snapshots into the table; Secret protos via
-// ToProto) and limits.go (Limits and their refusals).
+// ToProto), limits.go (Limits and their refusals), connlimit.go (the
+// connection cap, enforced at accept) and codec.go (the message size
+// limit's own refusal).
 package sds
 
 import (
@@ -153,8 +156,13 @@ type Server struct {
 	pushes      map[string]prometheus.Counter
 
 	serving atomic.Bool
-	// conns counts the open client connections.
-	conns atomic.Int64
+	// conns counts the open client connections; accepted counts them
+	// from accept to close, handshakes included (MaxConnections).
+	conns, accepted atomic.Int64
+	// pushers are the running push goroutines (stream.push); drainers
+	// read refused connections (refuseConn), draining counts them.
+	pushers, drainers sync.WaitGroup
+	draining          atomic.Int32
 
 	// seen is the last *cache.Secret processed per name, served or
 	// rejected. Only the sync code of the running Serve touches it.
@@ -267,9 +275,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	gs := grpc.NewServer(s.grpcOptions()...)
+	gs := grpc.NewServer(s.grpcOptions(ctx)...)
 	gs.RegisterService(s.serviceDesc(), service{s: s, done: ctx.Done()})
-	lis = s.limitHandshakes(lis)
+	lis = s.limitHandshakes(ctx, lis)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { s.syncLoop(ctx, updates) })
@@ -288,10 +296,13 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			err = fmt.Errorf("sds serve: %w", err)
 		}
 	}
-	// Cancelling ctx ends every stream's processing loop; then drain.
+	// Cancelling ctx cancels every connection's context, which ends
+	// every stream; then drain.
 	cancel()
 	s.stop(gs)
 	wg.Wait()
+	s.pushers.Wait()
+	s.drainers.Wait()
 	s.warn.Flush()
 	s.debug.Flush()
 	s.log.Info("sds stopped")

@@ -2,8 +2,6 @@ package sds
 
 import (
 	"context"
-	"errors"
-	"io"
 	"slices"
 	"time"
 
@@ -28,7 +26,10 @@ func (svc service) StreamSecrets(gs secretv3.SecretDiscoveryService_StreamSecret
 		return err
 	}
 	defer st.close()
-	return serveLoop(gs.Context(), svc.done, st, gs.Recv, st.handleSotW, func() error {
+	recv := func() (*discoveryv3.DiscoveryRequest, error) {
+		return recvSized[discoveryv3.DiscoveryRequest](svc.s, gs.RecvMsg)
+	}
+	return serveStream(gs.Context(), svc.done, st, recv, st.handleSotW, func() error {
 		resp := st.dueSotW()
 		if resp == nil {
 			return nil
@@ -48,7 +49,10 @@ func (svc service) DeltaSecrets(gs secretv3.SecretDiscoveryService_DeltaSecretsS
 		return err
 	}
 	defer st.close()
-	return serveLoop(gs.Context(), svc.done, st, gs.Recv, st.handleDelta, func() error {
+	recv := func() (*discoveryv3.DeltaDiscoveryRequest, error) {
+		return recvSized[discoveryv3.DeltaDiscoveryRequest](svc.s, gs.RecvMsg)
+	}
+	return serveStream(gs.Context(), svc.done, st, recv, st.handleDelta, func() error {
 		resp := st.dueDelta()
 		if resp == nil {
 			return nil
@@ -64,64 +68,6 @@ func (svc service) DeltaSecrets(gs secretv3.SecretDiscoveryService_DeltaSecretsS
 // FetchSecrets answers one fetch.
 func (svc service) FetchSecrets(_ context.Context, req *discoveryv3.DiscoveryRequest) (*discoveryv3.DiscoveryResponse, error) {
 	return svc.s.fetch(req)
-}
-
-// serveLoop runs a stream on the handler's goroutine, which owns the
-// stream's state: it sends what is due, then waits for a request, a
-// table update or the end. Only the receiving runs on another goroutine,
-// which ends when the stream does.
-func serveLoop[Req any](ctx context.Context, done <-chan struct{}, st *stream, recv func() (*Req, error), handle func(*Req) error, respond func() error) error {
-	reqs := make(chan *Req)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			req, err := recv()
-			if err != nil {
-				// Counted here: gRPC may end the stream before the loop
-				// reads this.
-				recvErr <- st.s.recvError(err)
-				return
-			}
-			select {
-			case reqs <- req:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for {
-		// Watch before looking, so an update while responding wakes us.
-		updated := st.s.table.watch()
-		if err := respond(); err != nil {
-			return st.s.recvError(err)
-		}
-		// A request already received goes first: it may change what is
-		// due, and a push sent before it would make its nonce stale.
-		select {
-		case req := <-reqs:
-			if err := handle(req); err != nil {
-				return err
-			}
-			continue
-		default:
-		}
-		select {
-		case req := <-reqs:
-			if err := handle(req); err != nil {
-				return err
-			}
-		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		case <-updated:
-		case <-done:
-			return nil
-		case <-ctx.Done():
-			return nil
-		}
-	}
 }
 
 // openStream registers a new stream, or refuses it when a stream limit is
@@ -143,10 +89,6 @@ func (s *Server) openStream(ctx context.Context, api string) (*stream, error) {
 	}
 	s.nextID++
 	info := &streamState{id: s.nextID, api: api, openedAt: s.cfg.Clock.Now()}
-	s.streams[info.id] = info
-	s.streamGauge[api].Inc()
-	s.notifyLocked()
-	s.mu.Unlock()
 	st := &stream{
 		s: s, info: info, api: api, conn: conn,
 		warnLim:  newStreamLimiter(s.cfg.Clock),
@@ -154,6 +96,11 @@ func (s *Server) openStream(ctx context.Context, api string) (*stream, error) {
 		checked:  map[string]bool{},
 		have:     map[string]uint64{},
 	}
+	info.owner = st
+	s.streams[info.id] = info
+	s.streamGauge[api].Inc()
+	s.notifyLocked()
+	s.mu.Unlock()
 	if s.debug.Allow(st.debugLim, "stream opened") {
 		s.debug.Write("stream opened", zap.Int64("stream_id", info.id), zap.String("api", api))
 	}
@@ -184,6 +131,8 @@ type streamState struct {
 	id       int64
 	api      string
 	openedAt time.Time
+	// owner is the stream, for pushes (pushChanged).
+	owner *stream
 
 	nodeID       string
 	gotRequest   bool

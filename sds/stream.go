@@ -3,6 +3,8 @@ package sds
 import (
 	"slices"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -13,9 +15,23 @@ import (
 	"github.com/sdsagent/sdsagent/internal/ratelog"
 )
 
-// stream is the state of one SotW or delta stream. Only the stream's
-// goroutine uses it; what operators see (info) is copied under s.mu.
+// stream is the state of one SotW or delta stream. Whoever holds mu
+// uses it: the handler answering a request, or a push; what operators
+// see (info) is copied under s.mu.
 type stream struct {
+	// mu serializes the stream's state and its sends (serveStream, push).
+	mu sync.Mutex
+	// respond sends what is due; set before the first request.
+	respond func() error
+	// ended: the handler returned, nothing more is sent. pushErr is the
+	// error of a failed push. Both under mu.
+	ended   bool
+	pushErr error
+	// pending: a request was received and waits for mu, so a push
+	// leaves the sending to its answer. pushQueued: a push goroutine
+	// has started and not yet taken mu.
+	pending, pushQueued atomic.Bool
+
 	s    *Server
 	info *streamState
 	api  string

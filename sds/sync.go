@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -88,6 +89,11 @@ func (s *Server) syncSecrets() {
 		s.log.Error("secrets not applied", zap.Error(err))
 		return
 	}
+	changed := slices.Clone(del)
+	for _, u := range set {
+		changed = append(changed, u.secret.GetName())
+	}
+	s.pushChanged(changed)
 	for _, u := range set {
 		name := u.secret.GetName()
 		sec, _ := snap.Get(name)

@@ -129,27 +129,80 @@ func TestIdleConnectionsHoldNoReadBuffer(t *testing.T) {
 	}
 }
 
+// transportSteps turn the transport settings on one after the other.
+var transportSteps = []struct {
+	name string
+	off  untune
+}{
+	{"grpc_defaults", untunePollRead | untuneBufferSizes | untuneWindows},
+	{"+poll_read", untuneBufferSizes | untuneWindows},
+	{"+16KB_buffers", untuneWindows},
+	{"+static_64KB_windows", 0},
+}
+
 // BenchmarkConnMemory reports the heap and stacks held per idle
 // connection (server and its in-process client) as the transport
 // settings are turned on one after the other: what each one buys.
 func BenchmarkConnMemory(b *testing.B) {
 	const n = 200
-	steps := []struct {
-		name string
-		off  untune
-	}{
-		{"grpc_defaults", untunePollRead | untuneBufferSizes | untuneWindows},
-		{"+poll_read", untuneBufferSizes | untuneWindows},
-		{"+16KB_buffers", untuneWindows},
-		{"+static_64KB_windows", 0},
-	}
-	for _, s := range steps {
+	for _, s := range transportSteps {
 		b.Run(s.name, func(b *testing.B) {
 			var per float64
 			for b.Loop() {
 				per = connMemory(b, s.off, n)
 			}
 			b.ReportMetric(per/1024, "KB/conn")
+		})
+	}
+}
+
+// BenchmarkStreamRequest measures a new SotW stream's request answered
+// (open, request, response) on a connection, with 100 other streams open
+// on 10 connections as in sdsbench's request figure, as the transport
+// settings are turned on one after the other: what each one costs.
+func BenchmarkStreamRequest(b *testing.B) {
+	for _, s := range transportSteps {
+		b.Run(s.name, func(b *testing.B) {
+			h := newHarnessWith(b, harnessOptions{infoLogs: true, untune: s.off})
+			h.publishAll()
+			ctx := h.ctx()
+			conns := []*grpc.ClientConn{h.conn}
+			for range 9 {
+				c, err := sdstest.Dial(ctx, h.socket)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { _ = c.Close() })
+				conns = append(conns, c)
+			}
+			for i := range 100 {
+				st, err := sdstest.OpenStream(ctx, conns[i%len(conns)])
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(st.Close)
+				if err := st.Request(def); err != nil {
+					b.Fatal(err)
+				}
+				h.recv(st)
+				if err := st.ACK(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				st, err := sdstest.OpenStream(ctx, conns[i%len(conns)])
+				if err != nil {
+					b.Fatal(err)
+				}
+				i++
+				if err := st.Request(def); err != nil {
+					b.Fatal(err)
+				}
+				h.recv(st)
+				st.Close()
+			}
 		})
 	}
 }

@@ -5,11 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
 )
@@ -55,21 +59,45 @@ func (a *agentProc) usage(ctx context.Context) (usage, error) {
 	return usage{goroutines: int(m["go_goroutines"]), fds: fds, mem: mem, heapInUse: int64(m["go_memstats_heap_inuse_bytes"]) / 1024}, nil
 }
 
-// churn opens churnConns connections to one agent, each with a stream
-// that receives "default", then drops them all; churnRounds times. It
-// prints the agent's goroutines, fds and memory at baseline, at each
-// round's peak and right after it, and churnSettle after the last.
+// churn runs the churn figure twice: with the agent's default limits
+// (most of the churnConns connections are refused by
+// --sds-max-connections) and with limits raised so that every connection
+// and stream is served, through the environment, which an agent that
+// lacks a setting ignores.
 func (b *bencher) churn(ctx context.Context) error {
+	s := b.sizes()
+	raised := strconv.Itoa(s.churnConns + 1024)
+	for _, run := range []struct {
+		label string
+		env   []string
+	}{
+		{"default", nil},
+		{"raised", []string{"SDSAGENT_SDS_MAX_CONNECTIONS=" + raised, "SDSAGENT_SDS_MAX_STREAMS=" + raised}},
+	} {
+		if err := b.churnOnce(ctx, run.label, run.env); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// churnOnce opens churnConns connections to one agent started with env,
+// each with a stream that receives "default", then drops them all;
+// churnRounds times. It prints the agent's goroutines, fds and memory at
+// baseline, at each round's peak and right after it, and churnSettle
+// after the last, each line labelled limits=label.
+func (b *bencher) churnOnce(ctx context.Context, label string, env []string) error {
 	s := b.sizes()
 	// The agent inherits this process's limit; both need one fd per
 	// connection and some.
 	if err := raiseFDLimit(s.churnConns + 1024); err != nil {
 		return err
 	}
-	a, err := b.startServing(ctx)
+	a, err := b.startServingEnv(ctx, env)
 	if err != nil {
 		return err
 	}
+	tag := "churn limits=" + label
 	err = func() error {
 		// As rss_kb does: after the agent released its startup pages (2 s
 		// after its first certificate).
@@ -80,7 +108,7 @@ func (b *bencher) churn(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(b.out, "churn conns=%d rounds=%d baseline %s\n", s.churnConns, s.churnRounds, base)
+		fmt.Fprintf(b.out, "%s conns=%d rounds=%d baseline %s\n", tag, s.churnConns, s.churnRounds, base)
 		for round := 1; round <= s.churnRounds; round++ {
 			start := time.Now()
 			conns, streams, outcomes, err := openChurn(a.ctx, a.socket, s.churnConns)
@@ -100,8 +128,8 @@ func (b *bencher) churn(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(b.out, "churn round=%d open_took=%s streams=%s peak %s\n", round, ms(opened), outcomes, peak)
-			fmt.Fprintf(b.out, "churn round=%d right_after %s\n", round, after)
+			fmt.Fprintf(b.out, "%s round=%d open_took=%s streams=%s peak %s\n", tag, round, ms(opened), outcomes, peak)
+			fmt.Fprintf(b.out, "%s round=%d right_after %s\n", tag, round, after)
 		}
 		// Sample every churnSample until churnSettle, to show the trend.
 		var end usage
@@ -115,13 +143,14 @@ func (b *bencher) churn(ctx context.Context) error {
 				return err
 			}
 			if waited < s.churnSettle {
-				fmt.Fprintf(b.out, "churn after=%s %s\n", waited, end)
+				fmt.Fprintf(b.out, "%s after=%s %s\n", tag, waited, end)
 			}
 		}
 		rss := func(u usage) int64 { return u.mem.anon + u.mem.file }
-		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && rss(end) <= targetChurnRSSFactor*rss(base)
-		fmt.Fprintf(b.out, "churn settled_after=%s %s  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
-			s.churnSettle, end, targetChurnRSSFactor, verdict(ok))
+		ratio := float64(rss(end)) / float64(rss(base))
+		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && ratio <= targetChurnRSSFactor
+		fmt.Fprintf(b.out, "%s settled_after=%s %s rss_ratio=%.2f  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
+			tag, s.churnSettle, end, ratio, targetChurnRSSFactor, verdict(ok))
 		// For diagnosis, not the target: tell garbage the idle agent has
 		// not collected yet from memory it still holds, by forcing a GC
 		// through its pprof endpoint (heap?gc=1).
@@ -132,7 +161,7 @@ func (b *bencher) churn(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(b.out, "churn after_forced_gc %s\n", gc)
+		fmt.Fprintf(b.out, "%s after_forced_gc %s\n", tag, gc)
 		return nil
 	}()
 	if err != nil {
@@ -158,7 +187,7 @@ func openChurn(ctx context.Context, socket string, n int) ([]*grpc.ClientConn, [
 				errs[i] = func() error {
 					sctx, cancel := context.WithTimeout(ctx, stepLimit)
 					defer cancel()
-					conn, err := sdstest.Dial(sctx, socket)
+					conn, err := dialChurn(sctx, socket)
 					if err != nil {
 						return err
 					}
@@ -231,4 +260,27 @@ func (a *agentProc) forceGC(ctx context.Context) error {
 		return fmt.Errorf("force gc: %s", resp.Status)
 	}
 	return nil
+}
+
+// dialChurn connects to socket and waits until the connection is ready,
+// failing at once, where sdstest.Dial would retry, if the agent closes it
+// before its HTTP/2 preface (a connection over its limit that it does
+// not answer).
+func dialChurn(ctx context.Context, socket string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	conn.Connect()
+	for state := conn.GetState(); state != connectivity.Ready; state = conn.GetState() {
+		if state == connectivity.TransientFailure {
+			_ = conn.Close()
+			return nil, status.Error(codes.Unavailable, "connection closed before it was ready")
+		}
+		if !conn.WaitForStateChange(ctx, state) {
+			_ = conn.Close()
+			return nil, fmt.Errorf("dial %s: last state %s: %w", socket, state, ctx.Err())
+		}
+	}
+	return conn, nil
 }

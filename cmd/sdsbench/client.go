@@ -45,13 +45,19 @@ type agentProc struct {
 
 // startAgent starts `sdsagent run` with a fresh socket path and HTTP port.
 func (b *bencher) startAgent(ctx context.Context, keyType string, ttl time.Duration, extra ...string) (*agentProc, error) {
+	return b.startAgentEnv(ctx, nil, keyType, ttl, extra...)
+}
+
+// startAgentEnv is startAgent with env (KEY=value) added to the agent's
+// environment.
+func (b *bencher) startAgentEnv(ctx context.Context, env []string, keyType string, ttl time.Duration, extra ...string) (*agentProc, error) {
 	b.seq++
 	socket := filepath.Join(b.tmp, fmt.Sprintf("a%d.sock", b.seq))
 	httpAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	p, started, err := startProc(ctx, fmt.Sprintf("sdsagent run #%d", b.seq), b.p.agent, nil,
+	p, started, err := startProcEnv(ctx, fmt.Sprintf("sdsagent run #%d", b.seq), b.p.agent, env, nil,
 		append(b.ca.agentArgs(socket, httpAddr, keyType, ttl), extra...)...)
 	if err != nil {
 		return nil, err

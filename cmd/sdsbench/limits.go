@@ -50,7 +50,8 @@ func (b *bencher) limits(ctx context.Context) error {
 }
 
 // limitRequests prints the answer to oversized fetches: many names, a long
-// name, a message over gRPC's default 4 MiB.
+// name, a message over the agent's 1 MiB limit (refused by the agent) and
+// one over twice it (refused by gRPC before it is read).
 func (b *bencher) limitRequests(a *agentProc, conn *grpc.ClientConn) error {
 	for _, c := range []struct {
 		what  string
@@ -58,6 +59,7 @@ func (b *bencher) limitRequests(a *agentProc, conn *grpc.ClientConn) error {
 	}{
 		{"names=1000", manyNames("default-", 1000)},
 		{"name_bytes=8192", []string{strings.Repeat("x", 8192)}},
+		{"message_bytes=1572864", []string{strings.Repeat("x", 3<<19)}},
 		{"message_bytes=5242880", []string{strings.Repeat("x", 5<<20)}},
 	} {
 		start := time.Now()

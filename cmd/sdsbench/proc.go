@@ -44,7 +44,16 @@ type proc struct {
 // with the time taken just before cmd.Start. onLine, if not nil, sees
 // every stderr line (from another goroutine).
 func startProc(parent context.Context, name, bin string, onLine func([]byte), args ...string) (*proc, time.Time, error) {
+	return startProcEnv(parent, name, bin, nil, onLine, args...)
+}
+
+// startProcEnv is startProc with env (KEY=value) added to this
+// process's environment.
+func startProcEnv(parent context.Context, name, bin string, env []string, onLine func([]byte), args ...string) (*proc, time.Time, error) {
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	// Own process group, so that kill reaches anything it starts; and
 	// killed by the kernel if this process dies without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

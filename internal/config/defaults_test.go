@@ -24,6 +24,7 @@ func TestAgentDefaultsAreTheOwningPackages(t *testing.T) {
 			MaxStreams:         sds.DefaultMaxStreams,
 			MaxMessageBytes:    sds.DefaultMaxMessageBytes,
 			HandshakeTimeout:   sds.DefaultHandshakeTimeout,
+			MaxConnections:     sds.DefaultMaxConnections,
 		},
 		MaxWatchedFiles: cache.DefaultMaxWatchedFiles,
 	}

@@ -28,6 +28,7 @@ func limitSettings() []Setting {
 		{"sds-max-streams", "SDSAGENT_SDS_MAX_STREAMS", strconv.Itoa(sds.DefaultMaxStreams), "SDS streams open in total"},
 		{"sds-max-message-bytes", "SDSAGENT_SDS_MAX_MESSAGE_BYTES", strconv.Itoa(sds.DefaultMaxMessageBytes), "largest SDS request message accepted, in bytes"},
 		{"sds-handshake-timeout", "SDSAGENT_SDS_HANDSHAKE_TIMEOUT", durationDefault(sds.DefaultHandshakeTimeout), "a connection that has not sent its HTTP/2 preface by then is closed"},
+		{"sds-max-connections", "SDSAGENT_SDS_MAX_CONNECTIONS", strconv.Itoa(sds.DefaultMaxConnections), "SDS client connections open at once; one more is refused as it is accepted"},
 		{"max-watched-files", "SDSAGENT_MAX_WATCHED_FILES", strconv.Itoa(cache.DefaultMaxWatchedFiles), "distinct files file-cert: and file-root: names may make the agent watch"},
 	}
 }
@@ -42,6 +43,7 @@ func (r *resolver) limits() Limits {
 			MaxStreams:         r.positiveInt("sds-max-streams"),
 			MaxMessageBytes:    r.positiveInt("sds-max-message-bytes"),
 			HandshakeTimeout:   r.duration("sds-handshake-timeout"),
+			MaxConnections:     r.positiveInt("sds-max-connections"),
 		},
 		MaxWatchedFiles: r.positiveInt("max-watched-files"),
 	}

@@ -111,7 +111,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Name: "limit_rejections_total",
-			Help: "Requests, streams, connections and resource names refused by a limit, by limit (names_per_request, name_bytes, streams_per_connection, streams, message_bytes, handshake_timeout, watched_files).",
+			Help: "Requests, streams, connections and resource names refused by a limit, by limit (names_per_request, name_bytes, streams_per_connection, streams, message_bytes, handshake_timeout, watched_files, connections).",
 		}, []string{"limit"}),
 	}
 	if reg != nil {
