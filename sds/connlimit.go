@@ -2,15 +2,19 @@ package sds
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
 )
 
 // The connection limit (Limits.MaxConnections) is enforced as a
@@ -68,92 +72,48 @@ const (
 	drainBytes  = 64 << 10
 )
 
-// HTTP/2 frame types, flags and codes of the answer to a refused
-// connection (RFC 9113, sections 3.4, 6 and 7).
-const (
-	http2Preface           = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-	frameTypeHeaders       = 0x1
-	frameTypeSettings      = 0x4
-	frameTypeGoAway        = 0x7
-	flagsEndStreamHeaders  = 0x1 | 0x4
-	errCodeEnhanceYourCalm = 0xb
-	frameHeaderLen         = 9
-	// grpcResourceExhausted is codes.ResourceExhausted on the wire.
-	grpcResourceExhausted = "8"
-)
-
 // answerRefused writes the server preface to c, reads until the client's
 // first request (a HEADERS frame), answers it with a ResourceExhausted
 // status carrying msg and a GOAWAY, then reads what the client sends
 // until it closes. Errors end it: c is being refused anyway.
 func answerRefused(c net.Conn, msg string) {
-	if _, err := c.Write(appendFrameHeader(nil, 0, frameTypeSettings, 0, 0)); err != nil {
-		return
-	}
 	r := bufio.NewReader(io.LimitReader(c, drainBytes))
-	preface := make([]byte, len(http2Preface))
-	if _, err := io.ReadFull(r, preface); err != nil || string(preface) != http2Preface {
+	fr := http2.NewFramer(c, r)
+	if err := fr.WriteSettings(); err != nil {
 		return
 	}
-	var hdr [frameHeaderLen]byte
-	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	preface := make([]byte, len(http2.ClientPreface))
+	if _, err := io.ReadFull(r, preface); err != nil || string(preface) != http2.ClientPreface {
+		return
+	}
+	var stream uint32
+	for stream == 0 {
+		f, err := fr.ReadFrame()
+		if err != nil {
 			return
 		}
-		length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-		if _, err := r.Discard(length); err != nil {
-			return
-		}
-		if hdr[3] == frameTypeHeaders {
-			break
+		if h, ok := f.(*http2.HeadersFrame); ok {
+			stream = h.StreamID
 		}
 	}
-	stream := binary.BigEndian.Uint32(hdr[5:]) & 0x7fffffff
-	var block []byte
-	block = appendLiteralHeader(block, ":status", "200")
-	block = appendLiteralHeader(block, "content-type", "application/grpc")
-	block = appendLiteralHeader(block, "grpc-status", grpcResourceExhausted)
-	block = appendLiteralHeader(block, "grpc-message", percentEncode(msg))
-	out := appendFrameHeader(nil, len(block), frameTypeHeaders, flagsEndStreamHeaders, stream)
-	out = append(out, block...)
-	out = appendFrameHeader(out, 8, frameTypeGoAway, 0, 0)
-	out = binary.BigEndian.AppendUint32(out, stream) // last stream processed
-	out = binary.BigEndian.AppendUint32(out, errCodeEnhanceYourCalm)
-	if _, err := c.Write(out); err != nil {
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range []hpack.HeaderField{
+		{Name: ":status", Value: "200"},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "grpc-status", Value: strconv.Itoa(int(codes.ResourceExhausted))},
+		{Name: "grpc-message", Value: percentEncode(msg)},
+	} {
+		_ = enc.WriteField(f) // writes to a bytes.Buffer cannot fail
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		return
+	}
+	if err := fr.WriteGoAway(stream, http2.ErrCodeEnhanceYourCalm, nil); err != nil {
 		return
 	}
 	// The client closes the connection once it has read the answer.
 	_, _ = io.Copy(io.Discard, r)
-}
-
-// appendFrameHeader appends the header of an HTTP/2 frame.
-func appendFrameHeader(b []byte, length int, typ, flags byte, stream uint32) []byte {
-	b = append(b, byte(length>>16), byte(length>>8), byte(length), typ, flags)
-	return binary.BigEndian.AppendUint32(b, stream)
-}
-
-// appendLiteralHeader appends an HPACK "literal header field without
-// indexing, new name" (RFC 7541, section 6.2.2), which needs no table.
-func appendLiteralHeader(b []byte, name, value string) []byte {
-	b = append(b, 0)
-	b = appendHPACKString(b, name)
-	return appendHPACKString(b, value)
-}
-
-// appendHPACKString appends s as an HPACK string literal without
-// Huffman coding: its length as a 7-bit prefix integer, then s.
-func appendHPACKString(b []byte, s string) []byte {
-	n := len(s)
-	if n < 127 {
-		b = append(b, byte(n))
-	} else {
-		b = append(b, 127)
-		for n -= 127; n >= 128; n >>= 7 {
-			b = append(b, byte(n%128)|0x80)
-		}
-		b = append(b, byte(n))
-	}
-	return append(b, s...)
 }
 
 // percentEncode encodes s as gRPC's grpc-message header requires: bytes

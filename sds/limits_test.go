@@ -16,6 +16,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -399,9 +400,9 @@ func TestRefusedConnectionsAnsweredWithinBound(t *testing.T) {
 	// Each of these is answered: it gets the server's SETTINGS frame,
 	// then waits for a request it never sends.
 	for i := range maxDraining {
-		var frame [9]byte
-		if _, err := io.ReadFull(dial(), frame[:]); err != nil || frame[3] != frameTypeSettings {
-			t.Fatalf("refused connection %d: read %x, %v; want a SETTINGS frame", i, frame, err)
+		f, err := http2.NewFramer(nil, dial()).ReadFrame()
+		if _, ok := f.(*http2.SettingsFrame); !ok || err != nil {
+			t.Fatalf("refused connection %d: read %v, %v; want a SETTINGS frame", i, f, err)
 		}
 	}
 	// All answering goroutines are taken: the next is closed unanswered.
