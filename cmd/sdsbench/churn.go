@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -109,6 +111,10 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 			return err
 		}
 		fmt.Fprintf(b.out, "%s conns=%d rounds=%d baseline %s\n", tag, s.churnConns, s.churnRounds, base)
+		baseStacks, err := a.goroutineStacks(a.ctx)
+		if err != nil {
+			return err
+		}
 		for round := 1; round <= s.churnRounds; round++ {
 			start := time.Now()
 			conns, streams, outcomes, err := openChurn(a.ctx, a.socket, s.churnConns)
@@ -151,6 +157,15 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && ratio <= targetChurnRSSFactor
 		fmt.Fprintf(b.out, "%s settled_after=%s %s rss_ratio=%.2f  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
 			tag, s.churnSettle, end, ratio, targetChurnRSSFactor, verdict(ok))
+		if end.goroutines > base.goroutines {
+			endStacks, err := a.goroutineStacks(a.ctx)
+			if err != nil {
+				return err
+			}
+			for _, g := range grownStacks(baseStacks, endStacks) {
+				fmt.Fprintf(b.out, "%s goroutines_over_baseline %s\n", tag, g)
+			}
+		}
 		// For diagnosis, not the target: tell garbage the idle agent has
 		// not collected yet from memory it still holds, by forcing a GC
 		// through its pprof endpoint (heap?gc=1).
@@ -283,4 +298,63 @@ func dialChurn(ctx context.Context, socket string) (*grpc.ClientConn, error) {
 		}
 	}
 	return conn, nil
+}
+
+// goroutineStacks reads the agent's goroutine profile (pprof's debug=1
+// text) and returns how many goroutines each stack holds, a stack named
+// by its functions, outermost last.
+func (a *agentProc) goroutineStacks(ctx context.Context) (map[string]int, error) {
+	ctx, cancel := context.WithTimeout(ctx, stepLimit)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/debug/pprof/goroutine?debug=1", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("goroutine profile: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("goroutine profile: %w", err)
+	}
+	return parseGoroutineStacks(string(body)), nil
+}
+
+// parseGoroutineStacks parses pprof's debug=1 goroutine text: groups
+// separated by blank lines, each "N @ addresses" then "#\taddr\tfunc+off\tfile:line"
+// lines.
+func parseGoroutineStacks(text string) map[string]int {
+	stacks := map[string]int{}
+	for group := range strings.SplitSeq(text, "\n\n") {
+		n, funcs := 0, []string(nil)
+		for line := range strings.SplitSeq(group, "\n") {
+			if count, _, ok := strings.Cut(line, " @ "); ok && n == 0 {
+				n, _ = strconv.Atoi(count)
+				continue
+			}
+			if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" {
+				name, _, _ := strings.Cut(f[2], "+")
+				funcs = append(funcs, name)
+			}
+		}
+		if n > 0 && len(funcs) > 0 {
+			stacks[strings.Join(funcs, " < ")] += n
+		}
+	}
+	return stacks
+}
+
+// grownStacks returns, sorted, the stacks that hold more goroutines in
+// after than in before, each with how many more.
+func grownStacks(before, after map[string]int) []string {
+	var out []string
+	for s, n := range after {
+		if d := n - before[s]; d > 0 {
+			out = append(out, fmt.Sprintf("+%d %s", d, s))
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -300,4 +301,31 @@ func scriptsRunning(prefix string) []string {
 		}
 	}
 	return pids
+}
+
+// TestGrownStacks: pprof's goroutine text is grouped by stack, and only
+// the stacks that hold more goroutines than before are named.
+func TestGrownStacks(t *testing.T) {
+	const before = `goroutine profile: total 3
+2 @ 0x1 0x2
+#	0x1	main.wait+0x10	/src/main.go:10
+#	0x2	main.main+0x20	/src/main.go:20
+
+1 @ 0x3
+#	0x3	net/http.(*conn).serve+0x5	/go/net/http/server.go:1
+
+`
+	const after = `goroutine profile: total 5
+2 @ 0x1 0x2
+#	0x1	main.wait+0x10	/src/main.go:10
+#	0x2	main.main+0x20	/src/main.go:20
+
+3 @ 0x3
+#	0x3	net/http.(*conn).serve+0x5	/go/net/http/server.go:1
+`
+	got := grownStacks(parseGoroutineStacks(before), parseGoroutineStacks(after))
+	want := []string{"+2 net/http.(*conn).serve"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("grownStacks = %q, want %q", got, want)
+	}
 }
