@@ -147,12 +147,12 @@ func probe(ctx context.Context, p Prober) (up <-chan struct{}, stop func()) {
 }
 
 // retryWait is RetryWaitFor for the current workload certificate.
-func (m *Manager) retryWait(now, certRenewAt time.Time, attempt int, f Failure, p RetryPolicy) time.Duration {
+func (m *Manager) retryWait(now, certRenewAt time.Time, failures int, f Failure, p RetryPolicy) time.Duration {
 	var notBefore, notAfter time.Time
 	if cur, ok := m.workload(); ok {
 		notBefore, notAfter = cur.Certs[0].NotBefore, cur.NotAfter()
 	}
-	return RetryWaitFor(now, notBefore, notAfter, certRenewAt, attempt, f, p, m.cfg.Rand())
+	return RetryWaitFor(now, notBefore, notAfter, certRenewAt, failures, f, p, m.cfg.Rand())
 }
 
 // laterOf returns the later of a and b.

@@ -78,7 +78,7 @@ func ClassifyFailure(err error) Failure {
 }
 
 // OverloadWait returns how long to wait after the attempt-th consecutive
-// attempt (attempt ≥ 1) the CA refused for load, at now, for a certificate
+// failed attempt (attempt ≥ 1), the last refused for load, at now, for a certificate
 // valid from notBefore to notAfter (both zero when there is none yet). u
 // is a uniform random draw in [0,1). It is full jitter, a uniform wait in
 // [0, ceiling], the ceiling being p.Initial×2^(attempt−1) capped at
@@ -101,10 +101,13 @@ func OverloadWait(now, notBefore, notAfter time.Time, attempt int, p RetryPolicy
 	return max(time.Duration(float64(ceiling)*u), RetryMinWait)
 }
 
-// RetryWaitFor returns how long to wait after a failed attempt described
-// by f. attempt counts the consecutive failures of f's kind: overloaded
-// ones for an Overloaded f, all of them otherwise. u is a uniform random
-// draw in [0,1). It is a pure function, for the same reason as RetryWait.
+// RetryWaitFor returns how long to wait after the attempt-th consecutive
+// failed attempt, the last described by f. attempt counts failures of
+// every kind: after an outage the overload backoff goes on from the
+// outage's, not from Initial, which would make a fleet coming back from
+// an outage retry an overloaded CA faster than it retried a dead one. u
+// is a uniform random draw in [0,1). It is a pure function, for the same
+// reason as RetryWait.
 //
 //   - Not overloaded: RetryWait, unchanged (a CA that is down is seen
 //     within RetryExpiredMax once the certificate has expired).

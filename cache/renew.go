@@ -24,9 +24,8 @@ func (m *Manager) renew(ctx context.Context) {
 		renewAt time.Time // zero: issue now
 		// certRenewAt is the renewal time of the current certificate.
 		certRenewAt time.Time
-		// failures counts attempts failed in a row, overloads those of
-		// them in a row the CA refused for load.
-		failures, overloads int
+		// failures counts attempts failed in a row.
+		failures int
 		// holdUntil is the end of the CA's last pushback: no CSR before.
 		holdUntil time.Time
 		// lastSent is when the last CSR attempt started.
@@ -64,21 +63,14 @@ func (m *Manager) renew(ctx context.Context) {
 			if err != nil {
 				failures++
 				f := ClassifyFailure(err)
-				attempt := failures
-				if f.Overloaded {
-					overloads++
-					attempt = overloads
-				} else {
-					overloads = 0
-				}
 				now := m.cfg.Clock.Now()
-				wait := m.retryWait(now, certRenewAt, attempt, f, policy)
+				wait := m.retryWait(now, certRenewAt, failures, f, policy)
 				renewAt = now.Add(wait)
 				holdUntil = now.Add(f.Pushback)
 				m.setNextRenewal(renewAt)
 				m.logFailure(err, wait, f)
 			} else {
-				failures, overloads, holdUntil = 0, 0, time.Time{}
+				failures, holdUntil = 0, time.Time{}
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
 				// others by minutes); counting the lifetime from when we
 				// asked keeps a short TTL from renewing at once, forever.

@@ -9,7 +9,7 @@ func TestCAQueueDeadline(t *testing.T) {
 	ca := &CA{Capacity: 1000, Deadline: 10} // 1 ms per CSR, 10 ms deadline
 	var ok, failed int
 	for range 20 {
-		done, accepted := ca.submit(0)
+		done, accepted, _ := ca.submit(0)
 		if accepted {
 			ok++
 			if done > 10 {
@@ -57,7 +57,7 @@ func sum(xs []int32) int64 {
 }
 
 func TestConservation(t *testing.T) {
-	for _, p := range policies(true) {
+	for _, p := range policies() {
 		t.Run(p.Name(), func(t *testing.T) {
 			s, sc := smallRun(t, p, 2000)
 			if s.T.Offered == 0 || s.T.Refused == 0 {

@@ -24,6 +24,14 @@ const (
 	// serviceWeight is the weight of the newest handling time in the
 	// moving mean of the handling time: a few dozen requests.
 	serviceWeight = 1.0 / 16
+	// slotHorizon is how far ahead slots are handed out: a caller refused
+	// when every slot within it is promised is told to come back at the
+	// horizon, and its own backoff decides when it does (an agent whose
+	// certificate expired comes before one with hours left) instead of
+	// queueing behind every other. 10s is what a caller would have waited
+	// in a queue to its deadline (the agent's CA call timeout): a
+	// pushback never costs more than queueing would have.
+	slotHorizon = 10 * time.Second
 	// overloadLogEvery bounds the log lines about requests refused for
 	// load to one per interval: an overload must not flood the log too.
 	overloadLogEvery = 10 * time.Second
@@ -33,7 +41,8 @@ const (
 // over the bound when to come back: each refused caller gets the next free
 // slot, slots being as far apart as one CSR takes divided by the CSRs
 // handled at once, so that refused callers come back at the rate the CA
-// signs. It is safe for concurrent use.
+// signs; beyond slotHorizon it promises none. It is safe for concurrent
+// use.
 type admission struct {
 	max int // 0: no bound
 	clk clock.Clock
@@ -63,8 +72,10 @@ func (a *admission) enter() (leave func(), pushback time.Duration, pending int) 
 		if a.lastSlot.After(now) {
 			at = a.lastSlot.Add(slot)
 		}
-		a.lastSlot = at
-		wait := at.Sub(now)
+		wait := slotHorizon
+		if at.Sub(now) <= slotHorizon {
+			a.lastSlot, wait = at, at.Sub(now)
+		}
 		return nil, (wait + time.Millisecond - 1).Truncate(time.Millisecond), a.pending
 	}
 	a.pending++

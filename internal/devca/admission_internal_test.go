@@ -36,6 +36,20 @@ func TestAdmissionSlotsFollowTheSigningRate(t *testing.T) {
 	if _, pushback, _ := a.enter(); pushback != 50*time.Millisecond {
 		t.Errorf("after the promised slots passed: pushback %s, want 50ms", pushback)
 	}
+	// No slot is promised beyond the horizon: those refused then are
+	// told the horizon, and the slots after the last promised one stay.
+	for range 199 { // 200 slots promised: the last at 10s, the horizon
+		a.enter()
+	}
+	for i := range 2 {
+		if _, pushback, _ := a.enter(); pushback != slotHorizon {
+			t.Errorf("refusal %d past the horizon: pushback %s, want %s", i, pushback, slotHorizon)
+		}
+	}
+	clk.Advance(9900 * time.Millisecond)
+	if _, pushback, _ := a.enter(); pushback != 150*time.Millisecond {
+		t.Errorf("after 9.9s: pushback %s, want the slot after the last promised (10s+50ms)", pushback)
+	}
 	l1()
 	l2()
 	if leave, _, _ := a.enter(); leave == nil {
