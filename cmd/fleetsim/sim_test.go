@@ -140,10 +140,10 @@ func longRun(t *testing.T, p Policy, n int, end time.Duration) (*Sim, Scenario) 
 // hours. Every other agent has been refused, and waits at least a
 // uniform draw under its OverloadWait ceiling C (a pushback only makes
 // the wait longer), so on average it sends at most once more plus once
-// per C/2. The bound is that, summed over the agents that still had
-// their old certificate at the CA's return, with each C computed by
-// cache.OverloadWait itself at the end of the window (the smallest it
-// gets in it) and for the failures the agent had then. The previous
+// per C/2. The bound is that, summed over the agents that still have
+// their old certificate at the start of the window, with each C computed
+// by cache.OverloadWait itself at the end of the window (the smallest it
+// gets in it) and for the failures the agent had at its start. The previous
 // policy, whose agents retry 30s apart or less (2s once expired) whatever
 // the CA says, is over it: the test can tell the two apart.
 func TestPushbackBoundsOfferedLoad(t *testing.T) {
