@@ -47,7 +47,7 @@ func (m *Manager) renew(ctx context.Context) {
 				// No CSR into a connection known to be down: the probe
 				// goes on, and a CSR goes out the moment it succeeds, or
 				// RetryMax after the last one in case the probe is wrong.
-				renewAt = lastSent.Add(m.cfg.RetryMax)
+				renewAt = laterOf(lastSent.Add(m.cfg.RetryMax), holdUntil)
 				m.setNextRenewal(renewAt)
 				continue
 			}
@@ -146,6 +146,9 @@ func (m *Manager) renew(ctx context.Context) {
 			renewAt = renewAt.Add(-back)
 			if !certRenewAt.IsZero() {
 				certRenewAt = certRenewAt.Add(-back)
+			}
+			if !holdUntil.IsZero() {
+				holdUntil = holdUntil.Add(-back)
 			}
 			m.setNextRenewal(renewAt)
 			m.log.Warn("wall clock went back; renewal schedule moved back as much",
