@@ -147,7 +147,7 @@ func longRun(t *testing.T, p Policy, n int, end time.Duration) (*Sim, Scenario) 
 // policy, whose agents retry 30s apart or less (2s once expired) whatever
 // the CA says, is over it: the test can tell the two apart.
 func TestPushbackBoundsOfferedLoad(t *testing.T) {
-	const n = 2000
+	const n = 1000
 	from, to := time.Minute, 3*time.Minute
 	for _, tt := range []struct {
 		p      *Ours
