@@ -64,7 +64,7 @@ fuzz:
 # Fleet simulation (cmd/fleetsim): CSVs and PNGs into FLEETSIM_OUT, summary and targets on stdout.
 FLEETSIM_OUT ?= bin/fleetsim
 fleetsim:
-	$(GO) run ./cmd/fleetsim -proposal -out $(FLEETSIM_OUT)
+	$(GO) run ./cmd/fleetsim -out $(FLEETSIM_OUT)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

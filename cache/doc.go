@@ -13,6 +13,9 @@
 //     to log when it fails.
 //   - rotation.go, retry.go: pure functions for when to renew and how
 //     long to wait after a failure.
+//   - overload.go: pure functions that tell a CA that is overloaded from
+//     one that is down, and how long to wait after it refused for load
+//     (its pushback included).
 //   - expiry.go: the expired state of the workload certificate, the
 //     attempt timeout and the reachability probe the loop uses.
 //   - mounted.go: the workload certificate from mounted files instead of

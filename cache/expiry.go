@@ -146,13 +146,21 @@ func probe(ctx context.Context, p Prober) (up <-chan struct{}, stop func()) {
 	}
 }
 
-// retryWait is RetryWait for the current workload certificate.
-func (m *Manager) retryWait(now, certRenewAt time.Time, failures int, p RetryPolicy) time.Duration {
+// retryWait is RetryWaitFor for the current workload certificate.
+func (m *Manager) retryWait(now, certRenewAt time.Time, failures int, f Failure, p RetryPolicy) time.Duration {
 	var notBefore, notAfter time.Time
 	if cur, ok := m.workload(); ok {
 		notBefore, notAfter = cur.Certs[0].NotBefore, cur.NotAfter()
 	}
-	return RetryWait(now, notBefore, notAfter, certRenewAt, failures, p, m.cfg.Rand())
+	return RetryWaitFor(now, notBefore, notAfter, certRenewAt, failures, f, p, m.cfg.Rand())
+}
+
+// laterOf returns the later of a and b.
+func laterOf(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // inLastTenth reports whether the workload certificate is in the last

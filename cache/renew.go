@@ -26,6 +26,8 @@ func (m *Manager) renew(ctx context.Context) {
 		certRenewAt time.Time
 		// failures counts attempts failed in a row.
 		failures int
+		// holdUntil is the end of the CA's last pushback: no CSR before.
+		holdUntil time.Time
 		// lastSent is when the last CSR attempt started.
 		lastSent time.Time
 		// lastTrustRenewal is when a change of the CA root file last
@@ -45,7 +47,7 @@ func (m *Manager) renew(ctx context.Context) {
 				// No CSR into a connection known to be down: the probe
 				// goes on, and a CSR goes out the moment it succeeds, or
 				// RetryMax after the last one in case the probe is wrong.
-				renewAt = lastSent.Add(m.cfg.RetryMax)
+				renewAt = laterOf(lastSent.Add(m.cfg.RetryMax), holdUntil)
 				m.setNextRenewal(renewAt)
 				continue
 			}
@@ -60,13 +62,15 @@ func (m *Manager) renew(ctx context.Context) {
 			}
 			if err != nil {
 				failures++
+				f := ClassifyFailure(err)
 				now := m.cfg.Clock.Now()
-				wait := m.retryWait(now, certRenewAt, failures, policy)
+				wait := m.retryWait(now, certRenewAt, failures, f, policy)
 				renewAt = now.Add(wait)
+				holdUntil = now.Add(f.Pushback)
 				m.setNextRenewal(renewAt)
-				m.logFailure(err, wait)
+				m.logFailure(err, wait, f)
 			} else {
-				failures = 0
+				failures, holdUntil = 0, time.Time{}
 				// CAs backdate NotBefore for clock skew (the dev CA by 10s,
 				// others by minutes); counting the lifetime from when we
 				// asked keeps a short TTL from renewing at once, forever.
@@ -114,11 +118,14 @@ func (m *Manager) renew(ctx context.Context) {
 		case <-reachable:
 			t.Stop()
 			renewAt = time.Time{}
+			if holdUntil.After(m.cfg.Clock.Now()) {
+				renewAt = holdUntil // the CA's pushback still holds
+			}
 			m.log.Info("ca reachable again; renewing the workload certificate now")
 		case <-m.caRootChanged:
 			t.Stop()
 			now := m.cfg.Clock.Now()
-			at := TrustRenewTime(now, lastTrustRenewal, TrustRenewMinInterval)
+			at := laterOf(TrustRenewTime(now, lastTrustRenewal, TrustRenewMinInterval), holdUntil)
 			if at.Before(renewAt) {
 				renewAt, trustDue = at, true
 				m.setNextRenewal(renewAt)
@@ -127,7 +134,7 @@ func (m *Manager) renew(ctx context.Context) {
 				zap.String("file", m.cfg.CARootCertFile), zap.Time("renew_at", renewAt))
 		case <-m.leafRevoked:
 			t.Stop()
-			renewAt = m.cfg.Clock.Now()
+			renewAt = laterOf(m.cfg.Clock.Now(), holdUntil)
 			m.setNextRenewal(renewAt)
 		}
 		m.parked.Store(false)
@@ -139,6 +146,9 @@ func (m *Manager) renew(ctx context.Context) {
 			renewAt = renewAt.Add(-back)
 			if !certRenewAt.IsZero() {
 				certRenewAt = certRenewAt.Add(-back)
+			}
+			if !holdUntil.IsZero() {
+				holdUntil = holdUntil.Add(-back)
 			}
 			m.setNextRenewal(renewAt)
 			m.log.Warn("wall clock went back; renewal schedule moved back as much",
@@ -262,11 +272,17 @@ func (m *Manager) sign(ctx context.Context) (*pki.Bundle, pki.PrivateKeyPEM, str
 	return b, keyPEM, metrics.ResultSuccess, nil
 }
 
-func (m *Manager) logFailure(err error, retryIn time.Duration) {
+func (m *Manager) logFailure(err error, retryIn time.Duration, f Failure) {
 	fields := []zap.Field{
 		zap.String("spiffe_id", m.cfg.ID.String()),
 		zap.Error(err),
 		zap.Duration("retry_in", retryIn),
+	}
+	if f.Overloaded {
+		fields = append(fields, zap.Bool("ca_overloaded", true))
+	}
+	if f.Pushback > 0 {
+		fields = append(fields, zap.Duration("ca_pushback", f.Pushback))
 	}
 	if h := hint(err); h != "" {
 		fields = append(fields, zap.String("hint", h))

@@ -4,10 +4,14 @@
 // restart, with less CA capacity.
 //
 // Each agent of policy "sdsagent" is driven by package cache's own
-// functions (RenewTime, RetryWait, InLastTenth), the ones cache.Manager
-// calls; "istio" and "spire" model those agents from their source (see
+// functions (RenewTime, ClassifyFailure, RetryWaitFor, InLastTenth), the
+// ones cache.Manager calls; "sdsagent-before" is the same with every
+// failure taken as an outage and pushback ignored, as the agent was
+// before; "istio" and "spire" model those agents from their source (see
 // policy.go). The CA signs -capacity CSRs per second in arrival order
-// and fails a CSR that would wait longer than -deadline.
+// and fails a CSR that would wait longer than -deadline; in the
+// -pushback scenario it refuses a CSR that finds -max-pending ahead of
+// it at once, with a pushback to the next free slot.
 //
 // Usage:
 //
@@ -41,6 +45,9 @@ const (
 	// defaultDeadline is how long a CSR may wait for its turn at the CA
 	// before it fails (a caller's gRPC deadline; the CA drops it unsigned).
 	defaultDeadline = 10 * time.Second
+	// defaultMaxPending is the queue of the CA that answers overload with
+	// pushback: `sdsagent ca`'s default --max-pending-csrs.
+	defaultMaxPending = 100
 )
 
 func main() {
@@ -58,12 +65,12 @@ func run(args []string) int {
 	seed := fs.Uint64("seed", 1, "random seed")
 	scen := fs.String("scenarios", "all", "comma-separated scenarios: "+strings.Join(scenarioNames(), ","))
 	noCSV := fs.Bool("no-csv", false, "write no CSV files")
-	proposal := fs.Bool("proposal", false, "also run the retry policy this simulation proposes (proposal.go; not the agent's code)")
+	maxPending := fs.Int("max-pending", defaultMaxPending, "CSRs in the queue of the CA that answers overload with pushback (the -pushback scenarios)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *n <= 0 || *capacity <= 0 || *deadline <= 0 || *ttl <= 0 || *hours <= 0 {
-		fmt.Fprintln(os.Stderr, "fleetsim: -n, -capacity, -deadline, -ttl and -hours must be positive")
+	if *n <= 0 || *capacity <= 0 || *deadline <= 0 || *ttl <= 0 || *hours <= 0 || *maxPending <= 0 {
+		fmt.Fprintln(os.Stderr, "fleetsim: -n, -capacity, -deadline, -ttl, -hours and -max-pending must be positive")
 		return 2
 	}
 	dur := time.Duration(*hours) * time.Hour
@@ -81,8 +88,11 @@ func run(args []string) int {
 	var results []result
 	for _, sc := range scenarios {
 		var runs []result
-		for _, p := range policies(*proposal) {
+		for _, p := range policies() {
 			ca := &CA{Capacity: sc.Capacity, Deadline: deadline.Milliseconds(), Outages: sc.Outages}
+			if sc.Pushback {
+				ca.MaxPending = *maxPending
+			}
 			start, cpu0 := time.Now(), cpuTime()
 			s := NewSim(p, ca, *n, *ttl, dur, *seed)
 			s.Window = sc.Window
@@ -124,10 +134,8 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func policies(proposal bool) []Policy {
-	ps := []Policy{NewOurs(), Istio{}, Spire{}}
-	if proposal {
-		ps = append(ps, NewProposal())
-	}
-	return ps
+// policies are the agents compared: ours, ours before overload was told
+// apart from an outage, Istio's and SPIRE's.
+func policies() []Policy {
+	return []Policy{NewOurs(), NewOursBefore(), Istio{}, Spire{}}
 }

@@ -13,10 +13,10 @@ import (
 )
 
 var policyColors = map[string]color.Color{
-	"sdsagent": color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-	"istio":    color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
-	"spire":    color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
-	"proposal": color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	"sdsagent":        color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	"istio":           color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},
+	"spire":           color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	"sdsagent-before": color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 }
 
 // plotScenario draws one PNG per scenario: CSRs offered per second by

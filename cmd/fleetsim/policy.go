@@ -9,12 +9,18 @@ import (
 
 // Ours drives each agent with package cache's own functions, as
 // cache.Manager's renewal loop calls them: RenewTime places renewal,
-// RetryWait spaces failed attempts, InLastTenth decides when the agent
-// watches the CA's reachability (its Prober) and skips CSRs while the CA
-// is known down.
+// ClassifyFailure reads what a failed CSR says about the CA,
+// RetryWaitFor spaces failed attempts (RetryWait for a CA that is down,
+// OverloadWait and the CA's pushback for one that refused for load),
+// InLastTenth decides when the agent watches the CA's reachability (its
+// Prober) and skips CSRs while the CA is known down.
 type Ours struct {
 	GraceRatio, GraceJitter float64
 	Retry                   cache.RetryPolicy
+	// Before drives the agent as it was before overload was told apart
+	// from an outage (51d2747): every failure is retried as if the CA
+	// were down, and pushback is ignored. For comparison only.
+	Before bool
 }
 
 // NewOurs returns our policy with the agent's defaults.
@@ -26,8 +32,46 @@ func NewOurs() *Ours {
 	}
 }
 
+// NewOursBefore returns our policy as it was before overload was told
+// apart from an outage.
+func NewOursBefore() *Ours {
+	o := NewOurs()
+	o.Before = true
+	return o
+}
+
 // Name implements Policy.
-func (*Ours) Name() string { return "sdsagent" }
+func (o *Ours) Name() string {
+	if o.Before {
+		return "sdsagent-before"
+	}
+	return "sdsagent"
+}
+
+// caError is what caclient returns for a CSR the CA took and refused for
+// load, as the simulation's CA answered it: read with the agent's own
+// cache.ClassifyFailure.
+type caError struct {
+	pushback time.Duration
+}
+
+func (e *caError) Error() string             { return "create certificate: CA overloaded" }
+func (e *caError) Overloaded() bool          { return true }
+func (e *caError) RetryAfter() time.Duration { return e.pushback }
+
+// failure is what the agent learns from its failed CSR.
+func (o *Ours) failure(a *Agent) cache.Failure {
+	if o.Before || a.Fail == failDown {
+		// Not an error that says overloaded: what ClassifyFailure
+		// returns for it, without the cost of asking 10⁸ times.
+		return cache.Failure{}
+	}
+	pb := time.Duration(0)
+	if a.Fail == failPushback {
+		pb = time.Duration(a.Pushback) * time.Millisecond
+	}
+	return cache.ClassifyFailure(&caError{pushback: pb})
+}
 
 // reconnectMax is the longest gap between two reconnection attempts of
 // the agent's CA connection while the CA is down (caclient's
@@ -70,7 +114,7 @@ func (o *Ours) Wake(s *Sim, a *Agent, now int64) (bool, int64) {
 // last backoff interval after the CA is back.
 func (o *Ours) Failed(s *Sim, a *Agent, now int64) int64 {
 	a.Failures++
-	next := now + o.wait(a, now)
+	next := now + o.wait(a, now, o.failure(a))
 	a.Probing = false
 	if !a.HasCert || s.CA.Up(now) {
 		return next
@@ -86,10 +130,10 @@ func (o *Ours) Failed(s *Sim, a *Agent, now int64) int64 {
 	return next
 }
 
-// wait is cache.RetryWait for the agent's current certificate.
-func (o *Ours) wait(a *Agent, now int64) int64 {
-	// a.wall* are zero without a certificate, as RetryWait wants.
-	return msOf(cache.RetryWait(wall(now), a.wallNB, a.wallNA, a.wallRenew, int(a.Failures), o.Retry, a.rng.Float64()))
+// wait is cache.RetryWaitFor for the agent's current certificate.
+func (o *Ours) wait(a *Agent, now int64, f cache.Failure) int64 {
+	// a.wall* are zero without a certificate, as RetryWaitFor wants.
+	return msOf(cache.RetryWaitFor(wall(now), a.wallNB, a.wallNA, a.wallRenew, int(a.Failures), f, o.Retry, a.rng.Float64()))
 }
 
 // Istio models istio-agent (pilot-agent) with its defaults, from its

@@ -78,7 +78,7 @@ func summarize(sc Scenario, s *Sim, took time.Duration) result {
 }
 
 func printTable(w io.Writer, rs []result) {
-	fmt.Fprintf(w, "\n%-14s %-9s %9s %9s %9s %10s %10s %10s %8s %9s %7s %9s %7s %7s %7s\n",
+	fmt.Fprintf(w, "\n%-20s %-15s %9s %9s %9s %10s %10s %10s %8s %9s %7s %9s %7s %7s %7s\n",
 		"scenario", "policy", "mean/s", "peak1m/s", "peak/s", "rejected", "refused", "probes",
 		"expired", "notready", "ready", "catchup", "wall_s", "cpu_s", "events")
 	for _, r := range rs {
@@ -94,7 +94,7 @@ func printTable(w io.Writer, rs []result) {
 		if r.Scenario.Window.To > 0 {
 			peak = fmt.Sprint(r.PeakAfter)
 		}
-		fmt.Fprintf(w, "%-14s %-9s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %7s %9s %7.1f %7.1f %6.0fM\n",
+		fmt.Fprintf(w, "%-20s %-15s %9.2f %9.1f %9s %10d %10d %10d %8d %9d %7s %9s %7.1f %7.1f %6.0fM\n",
 			r.Scenario.Name, r.Policy, r.MeanOffered, r.PeakMinute, peak, r.T.Rejected, r.T.Refused, r.T.Probes,
 			r.T.ExpiredAgents, r.MaxNotReady, ready, cu, r.Runtime.Seconds(), r.CPU.Seconds(), float64(r.Events)/1e6)
 	}

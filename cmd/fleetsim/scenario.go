@@ -19,6 +19,9 @@ type Scenario struct {
 	// ShorterThanGrace marks outages shorter than the grace period: no
 	// certificate may expire.
 	ShorterThanGrace bool
+	// Pushback makes the CA answer overload with ResourceExhausted and a
+	// pushback (our dev CA) instead of queueing to the deadline (istiod).
+	Pushback bool
 }
 
 // eventAt is when the disturbance of every scenario begins: after a day
@@ -26,7 +29,7 @@ type Scenario struct {
 const eventAt = 24 * time.Hour
 
 func scenarioNames() []string {
-	return []string{"steady", "outage-30m", "outage-long", "restart", "half-capacity"}
+	return []string{"steady", "outage-30m", "outage-long", "outage-long-pushback", "restart", "half-capacity"}
 }
 
 // scenarios returns every scenario for a CA of capacity and certificates
@@ -43,6 +46,8 @@ func scenarios(capacity float64, ttl time.Duration) []Scenario {
 			Outages: []Outage{o30}, Window: o30, ShorterThanGrace: true},
 		{Name: "outage-long", Title: fmt.Sprintf("CA down %s (longer than the grace period)", fmtDur(long)), Capacity: capacity,
 			Outages: []Outage{oLong}, Window: oLong},
+		{Name: "outage-long-pushback", Title: fmt.Sprintf("CA down %s, then answering overload with pushback", fmtDur(long)), Capacity: capacity,
+			Outages: []Outage{oLong}, Window: oLong, Pushback: true},
 		{Name: "restart", Title: "Every pod restarts within 1 min", Capacity: capacity,
 			Restart: true, Window: Outage{at, at + time.Minute.Milliseconds()}},
 		{Name: "half-capacity", Title: fmt.Sprintf("CA capacity halved (%.0f/s), down 30 min", capacity/2), Capacity: capacity / 2,

@@ -32,6 +32,13 @@ func msOf(d time.Duration) int64 {
 	return max(ms, 1)
 }
 
+// How a CSR failed, as the agent's error tells it (Agent.Fail).
+const (
+	failDown     uint8 = iota // connection refused: the CA is down
+	failDeadline              // the CA took the call, no answer in time
+	failPushback              // ResourceExhausted with a pushback
+)
+
 // event kinds of an agent's one pending event.
 const (
 	evWake    uint8 = iota // the policy's next attempt (or check) is due
@@ -52,6 +59,10 @@ type Agent struct {
 	Sent int64
 	// Failures counts CSR attempts failed in a row (policy-defined).
 	Failures int32
+	// Fail is how the pending CSR failed; Pushback (ms) is the wait the
+	// CA asked for with it, 0 if none.
+	Fail     uint8
+	Pushback int64
 	// Burst counts calls within one Istio retry-interceptor burst.
 	Burst int32
 	// Probing marks an agent of our policy waiting for the CA to be
@@ -97,6 +108,9 @@ type Series struct {
 // Totals are the counts of a whole run.
 type Totals struct {
 	Offered, Accepted, Rejected, Refused, Probes int64
+	// PushedBack counts the rejections answered with a pushback (at once,
+	// at no signing cost) among Rejected.
+	PushedBack int64
 	// ExpiredAgents counts certificates that reached NotAfter before being
 	// replaced; InFlight the CSRs accepted but not yet signed at the end.
 	ExpiredAgents, InFlight int64
@@ -283,7 +297,7 @@ func (s *Sim) whileDown(a *Agent, next int64) int64 {
 			next = max(n, t)
 			continue
 		}
-		a.Sent = t
+		a.Sent, a.Fail, a.Pushback = t, failDown, 0
 		s.S.Refused[t/1000]++
 		s.T.Refused++
 		next = s.Policy.Failed(s, a, t+1) // as send: refused at t, seen at t+1
@@ -294,7 +308,7 @@ func (s *Sim) whileDown(a *Agent, next int64) int64 {
 // send makes agent id send a CSR at now.
 func (s *Sim) send(id int32, now int64) {
 	a := &s.Agents[id]
-	a.Sent = now
+	a.Sent, a.Fail, a.Pushback = now, failDown, 0
 	sec := now / 1000
 	if !s.CA.Up(now) {
 		s.S.Refused[sec]++
@@ -304,10 +318,15 @@ func (s *Sim) send(id int32, now int64) {
 	}
 	s.S.Offered[sec]++
 	s.T.Offered++
-	done, ok := s.CA.submit(now)
+	done, ok, pushback := s.CA.submit(now)
 	if ok {
 		s.schedule(id, done, evOK)
 		return
+	}
+	a.Fail = failDeadline
+	if pushback > 0 {
+		a.Fail, a.Pushback = failPushback, pushback
+		s.T.PushedBack++
 	}
 	s.T.Rejected++
 	if done/1000 < int64(len(s.S.Rejected)) {

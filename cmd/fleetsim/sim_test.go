@@ -1,15 +1,18 @@
 package main
 
 import (
+	"math"
 	"testing"
 	"time"
+
+	"github.com/sdsagent/sdsagent/cache"
 )
 
 func TestCAQueueDeadline(t *testing.T) {
 	ca := &CA{Capacity: 1000, Deadline: 10} // 1 ms per CSR, 10 ms deadline
 	var ok, failed int
 	for range 20 {
-		done, accepted := ca.submit(0)
+		done, accepted, _ := ca.submit(0)
 		if accepted {
 			ok++
 			if done > 10 {
@@ -57,7 +60,7 @@ func sum(xs []int32) int64 {
 }
 
 func TestConservation(t *testing.T) {
-	for _, p := range policies(true) {
+	for _, p := range policies() {
 		t.Run(p.Name(), func(t *testing.T) {
 			s, sc := smallRun(t, p, 2000)
 			if s.T.Offered == 0 || s.T.Refused == 0 {
@@ -107,5 +110,74 @@ func TestOutageShorterThanGrace(t *testing.T) {
 	}
 	if float64(r.PeakAfter) > 1.2*sc.Capacity {
 		t.Errorf("offered %d CSR/s after the outage, over 1.2x the capacity %v", r.PeakAfter, sc.Capacity)
+	}
+}
+
+// longRun runs the 13-hour outage with n agents against a CA scaled as in
+// smallRun, answering overload with pushback, until end after the CA's
+// return.
+func longRun(t *testing.T, p Policy, n int, end time.Duration) (*Sim, Scenario) {
+	t.Helper()
+	capacity := 500 * float64(n) / 100000
+	var sc Scenario
+	for _, s := range scenarios(capacity, 24*time.Hour) {
+		if s.Name == "outage-long-pushback" {
+			sc = s
+		}
+	}
+	ca := &CA{Capacity: sc.Capacity, Deadline: 10000, Outages: sc.Outages, MaxPending: max(1, defaultMaxPending*n/100000)}
+	s := NewSim(p, ca, n, 24*time.Hour, time.Duration(sc.Window.To)*time.Millisecond+end, 42)
+	s.Window = sc.Window
+	s.Run()
+	return s, sc
+}
+
+// TestPushbackBoundsOfferedLoad checks what our policy offers a CA that
+// answers overload with pushback after the 13-hour outage, from the
+// moment every agent has tried once (a minute after the CA's return:
+// probing agents send within about 2s, the others within RetryMax, 30s)
+// to three minutes after it. An agent renewed by then sends nothing more for
+// hours. Every other agent has been refused, and waits at least a
+// uniform draw under its OverloadWait ceiling C (a pushback only makes
+// the wait longer), so on average it sends at most once more plus once
+// per C/2. The bound is that, summed over the agents that still have
+// their old certificate at the start of the window, with each C computed
+// by cache.OverloadWait itself at the end of the window (the smallest it
+// gets in it) and for the failures the agent had at its start. The previous
+// policy, whose agents retry 30s apart or less (2s once expired) whatever
+// the CA says, is over it: the test can tell the two apart.
+func TestPushbackBoundsOfferedLoad(t *testing.T) {
+	const n = 1000
+	from, to := time.Minute, 3*time.Minute
+	for _, tt := range []struct {
+		p      *Ours
+		within bool
+	}{{NewOurs(), true}, {NewOursBefore(), false}} {
+		t.Run(tt.p.Name(), func(t *testing.T) {
+			// The fleet at the start of the window: the same seed plays
+			// the same run up to there.
+			atStart, sc := longRun(t, tt.p, n, from)
+			end := wall(sc.Window.To + to.Milliseconds())
+			var bound float64 // CSRs over the window
+			window := (to - from).Seconds()
+			for i := range atStart.Agents {
+				a := &atStart.Agents[i]
+				if a.NotBefore >= sc.Window.From {
+					continue // renewed since the CA came back: quiet for hours
+				}
+				ceiling := cache.OverloadWait(end, a.wallNB, a.wallNA, int(a.Failures)+1, tt.p.Retry, math.Nextafter(1, 0))
+				bound += 1 + window*2/ceiling.Seconds()
+			}
+			s, _ := longRun(t, tt.p, n, to)
+			var offered int64
+			for sec := (sc.Window.To + from.Milliseconds()) / 1000; sec < (sc.Window.To+to.Milliseconds())/1000; sec++ {
+				offered += int64(s.S.Offered[sec])
+			}
+			t.Logf("%s: %d CSRs offered from %s to %s after the CA's return (%.1f/s, capacity %v/s); bound %.0f (%.1f/s)",
+				tt.p.Name(), offered, from, to, float64(offered)/window, sc.Capacity, bound, bound/window)
+			if within := float64(offered) <= bound; within != tt.within {
+				t.Errorf("%s: %d CSRs offered, bound %.0f: within = %v, want %v", tt.p.Name(), offered, bound, within, tt.within)
+			}
+		})
 	}
 }

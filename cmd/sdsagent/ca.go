@@ -73,6 +73,8 @@ func serveCA(ctx context.Context, cfg config.CA, log *zap.Logger) error {
 		JWKSFile:    cfg.JWKSFile,
 		JWTIssuer:   cfg.JWTIssuer,
 		JWTAudience: cfg.JWTAudience,
+
+		MaxPendingCSRs: cfg.MaxPendingCSRs,
 	})
 	if err != nil {
 		return err

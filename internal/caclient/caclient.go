@@ -19,12 +19,16 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/sdsagent/sdsagent/internal/caapi"
+	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/pki"
+	"github.com/sdsagent/sdsagent/internal/ratelog"
 )
 
 // defaultTimeout bounds a call when Config.Timeout is zero: long enough for
@@ -77,6 +81,9 @@ type Client struct {
 	cfg Config
 	log *zap.Logger
 
+	// pushbackLog rate-limits the warnings about unusable pushbacks.
+	pushbackLog *ratelog.Limiter
+
 	mu     sync.Mutex
 	closed bool
 	cur    *conn
@@ -127,7 +134,8 @@ func New(cfg Config) (*Client, error) {
 			log.Warn("ca root certificate not usable yet; it is read again on every connection", zap.Error(err))
 		}
 	}
-	c := &Client{cfg: cfg, log: log, conns: make(map[*conn]struct{})}
+	c := &Client{cfg: cfg, log: log, conns: make(map[*conn]struct{}),
+		pushbackLog: ratelog.NewLimiter(clock.Real(), 1, pushbackLogEvery)}
 	cn, err := c.dial()
 	if err != nil {
 		return nil, err
@@ -180,11 +188,14 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 	}
 
 	start := time.Now()
-	resp, err := caapi.CreateCertificate(ctx, cn.cc, req)
+	var trailer metadata.MD
+	resp, err := caapi.CreateCertificate(ctx, cn.cc, req, grpc.Trailer(&trailer))
 	elapsed := time.Since(start)
 	if err != nil {
 		err = redact(err, token)
 		code := status.Code(err)
+		pb := c.pushback(trailer)
+		ol := callOverload{overloaded: overloaded(code, cn.cc.GetState() == connectivity.Ready, pb), pushback: pb}
 		health := connOK
 		if code == codes.Unavailable {
 			health = connUnreachable
@@ -194,8 +205,10 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration) ([]
 			zap.Duration("ttl", ttl),
 			zap.Duration("duration", elapsed),
 			zap.Stringer("code", code),
+			zap.Bool("overloaded", ol.overloaded),
+			zap.Duration("pushback", pb),
 			zap.Error(err))
-		return nil, c.callError(err, cn, budget)
+		return nil, c.callError(err, cn, budget, ol)
 	}
 	c.release(cn, connOK)
 	chain := resp.GetCertChain()

@@ -149,8 +149,8 @@ func (c *Client) post(ctx context.Context, endpoint string, body []byte) (json.R
 	var env envelope
 	if err := json.Unmarshal(data, &env); err != nil || env.Success == nil {
 		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("cfssl %s: %s answered HTTP %d with a body that is not CFSSL's JSON (check that --ca-addr is the CFSSL API base URL and its scheme): %s",
-				endpoint, c.base, resp.StatusCode, excerpt(data))
+			return nil, overloaded(fmt.Errorf("cfssl %s: %s answered HTTP %d with a body that is not CFSSL's JSON (check that --ca-addr is the CFSSL API base URL and its scheme): %s",
+				endpoint, c.base, resp.StatusCode, excerpt(data)), resp, time.Now())
 		}
 		return nil, fmt.Errorf("cfssl %s: %s answered with a body that is not CFSSL's JSON (check that --ca-addr is the CFSSL API base URL): %s",
 			endpoint, c.base, excerpt(data))
@@ -161,7 +161,7 @@ func (c *Client) post(ctx context.Context, endpoint string, body []byte) (json.R
 			e.Code, e.Message = env.Errors[0].Code, env.Errors[0].Message
 		}
 		e.Hint = c.hint(e)
-		return nil, e
+		return nil, overloaded(e, resp, time.Now())
 	}
 	return env.Result, nil
 }

@@ -6,8 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sdsagent/sdsagent/internal/devca"
 )
 
 // CA is the configuration of `sdsagent ca`.
@@ -24,6 +27,8 @@ type CA struct {
 	JWKSFile    string
 	JWTIssuer   string
 	JWTAudience string
+	// MaxPendingCSRs bounds the CSRs the CA handles at once; 0: no bound.
+	MaxPendingCSRs int
 }
 
 // CASettings lists the settings of `sdsagent ca`.
@@ -38,6 +43,7 @@ func CASettings() []Setting {
 		{"jwt-issuer", "SDSAGENT_CA_JWT_ISSUER", "", "issuer (iss) the tokens must carry, e.g. https://kubernetes.default.svc.cluster.local (required with --jwks)"},
 		{"jwt-audience", "SDSAGENT_CA_JWT_AUDIENCE", "istio-ca", "audience (aud) the tokens must carry"},
 		{"crl-validity", "SDSAGENT_CA_CRL_VALIDITY", "24h", "lifetime of the CRL published as DIR/crl.pem (NextUpdate - ThisUpdate); re-signed at half of it"},
+		{"max-pending-csrs", "SDSAGENT_CA_MAX_PENDING_CSRS", strconv.Itoa(devca.DefaultMaxPendingCSRs), "CSRs handled at once; one more is answered ResourceExhausted with a grpc-retry-pushback-ms trailer giving it the next free slot (0: no bound)"},
 		{"log-level", "SDSAGENT_LOG_LEVEL", "info", "debug, info, warn or error"},
 		{"log-format", "SDSAGENT_LOG_FORMAT", "console", "json or console"},
 	}
@@ -68,6 +74,7 @@ func ParseCA(args []string, getenv func(string) string, output io.Writer) (CA, e
 		JWTIssuer:   r.str("jwt-issuer"),
 		JWTAudience: r.str("jwt-audience"),
 	}
+	c.MaxPendingCSRs = r.nonNegativeInt("max-pending-csrs")
 	for _, n := range strings.Split(r.str("server-names"), ",") {
 		if n = strings.TrimSpace(n); n != "" {
 			c.ServerNames = append(c.ServerNames, n)

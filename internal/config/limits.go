@@ -63,6 +63,15 @@ func (r *resolver) positiveInt(name string) int {
 	return n
 }
 
+func (r *resolver) nonNegativeInt(name string) int {
+	v, from := r.source(name)
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		r.fail(fmt.Errorf("%s: %q is not a whole number >= 0", from, v))
+	}
+	return n
+}
+
 // durationDefault writes a default duration as a user would type it:
 // "24h", "5s", not "24h0m0s".
 func durationDefault(d time.Duration) string {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/sdsagent/sdsagent/internal/clock"
 	"github.com/sdsagent/sdsagent/internal/pki"
+	"github.com/sdsagent/sdsagent/internal/ratelog"
 )
 
 // State file names inside Config.Dir, and in the directories InitRoot and
@@ -86,7 +87,7 @@ func defaultServerNames() []string {
 }
 
 // Config configures a CA. The zero value of every field but Dir has a
-// default.
+// default (for MaxPendingCSRs: no bound).
 type Config struct {
 	// Dir holds the CA's state; it is created with mode 0700 if missing.
 	// If Dir holds ca-cert.pem or cert-chain.pem, the CA is an
@@ -128,6 +129,11 @@ type Config struct {
 	// JWTAudience is an aud the tokens must carry; default
 	// DefaultJWTAudience.
 	JWTAudience string
+	// MaxPendingCSRs bounds the certificate requests handled at once: one
+	// more is answered ResourceExhausted with a grpc-retry-pushback-ms
+	// trailer that gives it the next free slot. Zero: no bound (see
+	// DefaultMaxPendingCSRs for `sdsagent ca`'s).
+	MaxPendingCSRs int
 }
 
 // CA signs SPIFFE workload certificates for one trust domain. It is safe
@@ -147,6 +153,10 @@ type CA struct {
 	token   []byte
 	tlsCert tls.Certificate
 	jwt     *jwtAuth // nil: the development token
+
+	admission *admission
+	// overloadLog rate-limits the log lines of requests refused for load.
+	overloadLog *ratelog.Limiter
 }
 
 // New loads the CA state from cfg.Dir, or creates a self-signed root if
@@ -166,6 +176,8 @@ func New(cfg Config) (*CA, error) {
 		crlValidity: cfg.CRLValidity,
 		clock:       cfg.Clock,
 		log:         cfg.Logger.Named("devca"),
+		admission:   newAdmission(cfg.MaxPendingCSRs, cfg.Clock),
+		overloadLog: ratelog.NewLimiter(cfg.Clock, 1, overloadLogEvery),
 	}
 	if cfg.JWKSFile != "" {
 		if ca.jwt, err = newJWTAuth(cfg.JWKSFile, cfg.JWTIssuer, cfg.JWTAudience); err != nil {
@@ -232,6 +244,9 @@ func withDefaults(cfg Config) (Config, error) {
 		cfg.DefaultTTL = defaultDefaultTTL
 	}
 	cfg.DefaultTTL = min(cfg.DefaultTTL, cfg.MaxTTL)
+	if cfg.MaxPendingCSRs < 0 {
+		return cfg, fmt.Errorf("max pending CSRs %d is negative", cfg.MaxPendingCSRs)
+	}
 	if cfg.CRLValidity < 0 {
 		return cfg, fmt.Errorf("CRL validity %s is negative", cfg.CRLValidity)
 	}

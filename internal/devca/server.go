@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,8 +83,15 @@ func (ca *CA) Serve(ctx context.Context, lis net.Listener) error {
 // It authenticates the bearer token in the incoming metadata, checks the
 // CSR and the requested TTL, and returns the signed leaf followed by its CA
 // chain up to the root. Errors are gRPC status errors: Unauthenticated,
-// InvalidArgument, PermissionDenied, FailedPrecondition or Internal.
+// InvalidArgument, PermissionDenied, FailedPrecondition or Internal, and
+// ResourceExhausted with a grpc-retry-pushback-ms trailer when more than
+// Config.MaxPendingCSRs are in progress.
 func (ca *CA) CreateCertificate(ctx context.Context, req *caapi.CertificateRequest) (*caapi.CertificateResponse, error) {
+	leave, err := ca.admit(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	md, _ := metadata.FromIncomingContext(ctx)
 	log := ca.log.With(zap.String("cluster_id", firstValue(md, "ClusterID")))
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
@@ -127,6 +135,31 @@ func (ca *CA) CreateCertificate(ctx context.Context, req *caapi.CertificateReque
 	log.Info("certificate issued", fields...)
 	return &caapi.CertificateResponse{CertChain: chain}, nil
 }
+
+// admit lets a request in, or refuses it for load with the
+// grpc-retry-pushback-ms trailer set to its slot. It comes before the
+// token check: refusing must cost the CA next to nothing.
+func (ca *CA) admit(ctx context.Context) (leave func(), err error) {
+	leave, pushback, pending := ca.admission.enter()
+	if leave != nil {
+		return leave, nil
+	}
+	ms := strconv.FormatInt(pushback.Milliseconds(), 10)
+	if err := grpc.SetTrailer(ctx, metadata.Pairs(pushbackTrailer, ms)); err != nil {
+		ca.log.Debug("pushback trailer not set", zap.Error(err))
+	}
+	if ca.overloadLog.Allow() {
+		ca.log.Warn("certificate requests refused for load",
+			zap.Int("pending", pending), zap.Int("max_pending_csrs", ca.admission.max), zap.Duration("pushback", pushback))
+	}
+	return nil, status.Errorf(codes.ResourceExhausted,
+		"CA overloaded: %d certificate requests in progress, the most it takes at once (--max-pending-csrs); retry in %s, as the %s trailer says",
+		pending, pushback, pushbackTrailer)
+}
+
+// pushbackTrailer is gRPC's trailer for the wait a server asks of a
+// client before its next attempt, in milliseconds (retry design A6).
+const pushbackTrailer = "grpc-retry-pushback-ms"
 
 // authenticate checks the "authorization: Bearer <token>" metadata: a
 // service-account token when the CA has a JWKS, whose service account it
