@@ -75,7 +75,7 @@ func (l spireLayout) serverConfig() (string, error) {
     socket_path = %q
     trust_domain = %q
     data_dir = %q
-    log_level = "WARN"
+    log_level = "INFO"
     log_format = "json"
     default_x509_svid_ttl = %q
 }
