@@ -211,35 +211,41 @@ func (b *bencher) startSpire(ctx context.Context) (*spirePeer, error) {
 		return nil, err
 	}
 	s := &spirePeer{server: server, socket: l.agentSocket}
-	cli := func(args ...string) ([]byte, error) {
-		args = append(args, "-socketPath", l.serverSocket)
-		out, err := exec.CommandContext(ctx, b.p.peerServer, args...).CombinedOutput()
-		if err != nil {
-			return nil, server.failure(fmt.Errorf("spire-server %s: %w: %s", strings.Join(args[:2], " "), err, bytes.TrimSpace(out)))
-		}
-		return out, nil
-	}
-	out, err := cli("token", "generate", "-ttl", "600")
-	if err == nil {
-		var token string
-		if token, err = parseJoinToken(out); err == nil {
-			_, err = cli("entry", "create", "-parentID", joinTokenAgentID(token),
-				"-spiffeID", "spiffe://"+spireTrustDomain+spireWorkloadPath,
-				"-selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-			if err == nil {
-				s.agent, _, err = startProc(ctx, "spire-agent", b.p.peerAgent, nil,
-					"run", "-config", agentConf, "-joinToken", token)
-			}
-		}
-	}
-	if err == nil {
-		err = waitSpireSVID(s.agent, l.agentSocket)
-	}
-	if err != nil {
+	if err := s.startAgent(ctx, b.p, l, agentConf); err != nil {
 		s.kill()
 		return nil, err
 	}
 	return s, nil
+}
+
+// startAgent mints a join token, registers the entry for this process's
+// uid under the agent the token will attest, starts spire-agent with the
+// token and waits for the SVID on its SDS.
+func (s *spirePeer) startAgent(ctx context.Context, p params, l spireLayout, conf string) error {
+	cli := func(args ...string) ([]byte, error) {
+		out, err := exec.CommandContext(ctx, p.peerServer, append(args, "-socketPath", l.serverSocket)...).CombinedOutput()
+		if err != nil {
+			return nil, s.server.failure(fmt.Errorf("spire-server %s: %w: %s", strings.Join(args[:2], " "), err, bytes.TrimSpace(out)))
+		}
+		return out, nil
+	}
+	out, err := cli("token", "generate", "-ttl", "600")
+	if err != nil {
+		return err
+	}
+	token, err := parseJoinToken(out)
+	if err != nil {
+		return err
+	}
+	if _, err := cli("entry", "create", "-parentID", joinTokenAgentID(token),
+		"-spiffeID", "spiffe://"+spireTrustDomain+spireWorkloadPath,
+		"-selector", fmt.Sprintf("unix:uid:%d", os.Getuid())); err != nil {
+		return err
+	}
+	if s.agent, _, err = startProc(ctx, "spire-agent", p.peerAgent, nil, "run", "-config", conf, "-joinToken", token); err != nil {
+		return err
+	}
+	return waitSpireSVID(s.agent, l.agentSocket)
 }
 
 // startSpireServer starts spire-server with conf and returns once it logs

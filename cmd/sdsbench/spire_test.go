@@ -199,3 +199,41 @@ func TestPeersNeedBothBinaries(t *testing.T) {
 		}
 	}
 }
+
+// TestStartSpireReportsADeadPart checks that a part that exits at once
+// fails startSpire with a message naming it, instead of a wait to the
+// limit: the server (any machine), and the agent (when SPIRE is built).
+func TestStartSpireReportsADeadPart(t *testing.T) {
+	start := func(t *testing.T, server, agent string) error {
+		tmp, err := os.MkdirTemp("", "sp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(tmp) })
+		ctx, cancel := context.WithTimeout(context.Background(), 2*spireStartLimit)
+		defer cancel()
+		b := &bencher{p: params{peerAgent: agent, peerServer: server}, tmp: tmp}
+		s, err := b.startSpire(ctx)
+		if err == nil {
+			s.kill()
+		}
+		t.Log(err)
+		return err
+	}
+	t.Run("server", func(t *testing.T) {
+		err := start(t, "/bin/false", "/bin/false")
+		if err == nil || !strings.Contains(err.Error(), "spire-server died") || !strings.Contains(err.Error(), spireServerReady) {
+			t.Fatalf("err = %v; want spire-server died before %q", err, spireServerReady)
+		}
+	})
+	t.Run("agent", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("starts spire-server")
+		}
+		server, _ := spireBinaries(t)
+		err := start(t, server, "/bin/false")
+		if err == nil || !strings.Contains(err.Error(), "dial spire-agent") || !strings.Contains(err.Error(), "spire-agent died") {
+			t.Fatalf("err = %v; want spire-agent died before its socket was dialled", err)
+		}
+	})
+}
