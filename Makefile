@@ -14,7 +14,7 @@ TOOLS_DIR ?= $(HOME)/.cache/sdsagent-tools
 export SDSAGENT_TOOLS_DIR := $(TOOLS_DIR)
 CFSSL_VERSION := v1.6.5
 
-.PHONY: all build run test test-short bench fuzz fleetsim lint fmt tidy clean tools
+.PHONY: all build run test test-short bench bench-peers peer-tools fuzz fleetsim lint fmt tidy clean tools
 
 all: lint test build
 
@@ -47,6 +47,21 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./internal/pki/ ./sds/ ./cache/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(FLOOR_BIN) ./cmd/sdsbench/floor
 	$(GO) run ./cmd/sdsbench -agent $(BIN) -floor $(FLOOR_BIN)
+
+# The same load against spire-agent, beside the floor server and the agent
+# in one run (optional, not in CI). peer-tools builds spire-server and
+# spire-agent SPIRE_VERSION from the Go module proxy into SPIRE_DIR once
+# (about 13 minutes cold on 2 cores; it needs gcc: SPIRE's SQLite is cgo).
+SPIRE_VERSION := v1.13.3
+SPIRE_DIR     := $(TOOLS_DIR)/spire-$(SPIRE_VERSION)
+
+peer-tools:
+	GO=$(GO) ./hack/build-spire.sh $(SPIRE_VERSION) $(SPIRE_DIR)
+
+bench-peers: build peer-tools
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(FLOOR_BIN) ./cmd/sdsbench/floor
+	$(GO) run ./cmd/sdsbench -agent $(BIN) -floor $(FLOOR_BIN) -only peers \
+		-peer-agent $(SPIRE_DIR)/bin/spire-agent -peer-server $(SPIRE_DIR)/bin/spire-server
 
 # fuzz runs every Fuzz target of every package, one after the other, for
 # FUZZTIME each. `make test` already runs their seed corpora (f.Add seeds

@@ -38,6 +38,9 @@ func (p params) limit() time.Duration {
 	if p.only["conns"] || p.only["connmem"] {
 		limit += floorLimit
 	}
+	if p.only[peersKey] {
+		limit += peersLimit
+	}
 	return limit
 }
 

@@ -25,15 +25,21 @@
 //	binary_size           the binaries' sizes
 //	cold_start            exec to first response of the agent and of the
 //	                      floor server, and a CSR round trip to the CA
+//	peers_*               with -peer-agent and -peer-server: memory, new
+//	                      connections, request latency and binary sizes of
+//	                      the floor server, the agent and spire-agent v1.13.3
+//	                      in one run, with the ratios between them
 //
 // Usage:
 //
 //	go run ./cmd/sdsbench -agent bin/sdsagent [-floor bin/sdsfloor] [-runs N] [-rotations K] [-quick] [-only LIST]
+//	    [-peer-agent spire-agent -peer-server spire-server]
 //
 // -only runs a comma-separated subset of exec, request, fanout, rss,
 // conns, connmem, outage_recovery, restart_reconnect, logflood, limits,
-// churn, init and coldstart. -quick runs only the first four unless -only names
-// others. Without -floor, the floor server is built with go build (run
+// churn, init, coldstart and peers (which needs -peer-agent and
+// -peer-server, and which those two add to any run). -quick runs only the
+// first four unless -only names others. Without -floor, the floor server is built with go build (run
 // sdsbench from the module).
 //
 // Every process it starts is in its own process group, killed on any
@@ -61,7 +67,7 @@ import (
 // logflood, limits and churn figures add hostileLimit.
 const overallLimit = 240 * time.Second
 
-var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn, plus %s with conns or connmem)", overallLimit, hostileLimit, floorLimit)
+var errOverLimit = fmt.Errorf("the whole run took over its limit (%s, plus %s with logflood, limits or churn, plus %s with conns or connmem, plus %s with peers)", overallLimit, hostileLimit, floorLimit, peersLimit)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -93,6 +99,9 @@ type params struct {
 
 	// floor is the floor server's binary; empty: built with go build.
 	floor string
+	// peerAgent and peerServer are spire-agent's and spire-server's
+	// binaries, for the peers figure.
+	peerAgent, peerServer string
 
 	// only holds the keys of the figures to run (see figureKeys).
 	only map[string]bool
@@ -125,8 +134,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	floor := fs.String("floor", "", "path of the built floor server (cmd/sdsbench/floor); default: go build it")
 	runs := fs.Int("runs", 20, "exec_to_first_sds runs with ECDSA P-256 (RSA 2048 gets a quarter, at least 1); -quick: 3")
 	rotations := fs.Int("rotations", 5, "rotations measured by rotation_fanout; -quick: 1")
+	peerAgent := fs.String("peer-agent", "", "path of spire-agent v1.13.3 (make peer-tools builds it); adds the peers figure")
+	peerServer := fs.String("peer-server", "", "path of spire-server v1.13.3, with -peer-agent")
 	quick := fs.Bool("quick", false, "smaller run for tests: fewer runs, samples, streams and rotations")
-	only := fs.String("only", "", "comma-separated figures to run: "+strings.Join(figureKeys, ",")+" (default all; -quick: "+strings.Join(quickKeys, ",")+")")
+	only := fs.String("only", "", "comma-separated figures to run: "+strings.Join(figureKeys, ",")+","+peersKey+" (default all but "+peersKey+"; -quick: "+strings.Join(quickKeys, ",")+")")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -140,6 +151,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	p := defaultParams(*quick)
 	p.agent = *agent
 	p.floor = *floor
+	p.peerAgent, p.peerServer = *peerAgent, *peerServer
 	p.quick = *quick
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -157,6 +169,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	if p.only, err = parseOnly(*only, *quick); err != nil {
 		fmt.Fprintf(stderr, "sdsbench: %v\n", err)
+		return 2
+	}
+	if p.peerAgent != "" || p.peerServer != "" {
+		p.only[peersKey] = true
+	}
+	if p.only[peersKey] && (p.peerAgent == "" || p.peerServer == "") {
+		fmt.Fprintf(stderr, "sdsbench: %v\n", errNoPeer)
 		return 2
 	}
 
@@ -225,6 +244,7 @@ func bench(ctx context.Context, p params, stdout, stderr io.Writer) (err error) 
 		{"churn", "churn", b.churn},
 		{"init", "init_time", func(ctx context.Context) error { return b.initTime(ctx, b.floorBinary) }},
 		{"coldstart", "cold_start", b.coldStart},
+		{peersKey, "peers", b.peers},
 	}
 	for _, s := range steps {
 		if !p.only[s.key] {

@@ -19,6 +19,7 @@ func TestParseOnly(t *testing.T) {
 		{name: "a subset", list: "logflood, churn", want: []string{"churn", "logflood"}},
 		{name: "quick with -only runs what it names", list: "limits", quick: true, want: []string{"limits"}},
 		{name: "unknown figure", list: "exec,flood", err: true},
+		{name: "peers only when named", list: "peers", want: []string{"peers"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
