@@ -89,12 +89,13 @@ func serveAgent(ctx context.Context, cfg config.Agent, log *zap.Logger) error {
 		return err
 	}
 	// Memory that thousands of closed connections leave behind goes back
-	// to the OS once the load has fallen, not minutes later.
-	heap, err := memtrim.NewHeapReleaser(memtrim.HeapConfig{
-		Load:   sdsLoad(srv),
-		Clock:  clk,
-		Logger: log,
-	})
+	// to the OS once the load has fallen, not minutes later; with
+	// --release-startup-memory, so do the binary's pages they touched.
+	heapCfg := memtrim.HeapConfig{Load: sdsLoad(srv), Clock: clk, Logger: log}
+	if cfg.ReleaseMemory {
+		heapCfg.ReleasePages = memtrim.Release
+	}
+	heap, err := memtrim.NewHeapReleaser(heapCfg)
 	if err != nil {
 		return err
 	}

@@ -121,7 +121,7 @@ func AgentSettings() []Setting {
 		{"allowed-uids", "SDSAGENT_ALLOWED_UIDS", "", "comma-separated uids that may connect to the socket (checked with SO_PEERCRED before any SDS byte; with --allowed-gids, a caller matching either list may connect; empty: no check)"},
 		{"allowed-gids", "SDSAGENT_ALLOWED_GIDS", "", "comma-separated gids that may connect to the socket, matched against the caller's primary group (empty: no check)"},
 		{"http-addr", "SDSAGENT_HTTP_ADDR", "127.0.0.1:15020", "health, readiness, metrics and debug HTTP endpoint (empty disables)"},
-		{"release-startup-memory", "SDSAGENT_RELEASE_STARTUP_MEMORY", "true", "once the first certificate is served, let the kernel reclaim binary pages only startup used (Linux, lowers resident memory)"},
+		{"release-startup-memory", "SDSAGENT_RELEASE_STARTUP_MEMORY", "true", "once the first certificate is served, and after a burst of connections has ended, let the kernel reclaim binary pages only startup or the burst used (Linux, lowers resident memory)"},
 		{"key-type", "SDSAGENT_KEY_TYPE", "ecdsa-p256", "workload key: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096 (Istio's ECC_SIGNATURE_ALGORITHM, ECC_CURVE and WORKLOAD_RSA_KEY_SIZE are honoured when this is not set)"},
 		{"secret-ttl", "SECRET_TTL", durationDefault(cache.DefaultTTL), "certificate lifetime requested from the CA"},
 		{"grace-ratio", "SECRET_GRACE_PERIOD_RATIO", floatDefault(cache.DefaultGraceRatio), "renew when this fraction of the lifetime remains (Istio's meaning)"},

@@ -44,6 +44,10 @@ type HeapConfig struct {
 	// two garbage collections (the second empties what sync.Pools kept
 	// through the first) and debug.FreeOSMemory.
 	Free func()
+	// ReleasePages, if set, runs after each Free: the executable's pages
+	// that serving the burst faulted back in go too (e.g. Release, the
+	// page release of StartupReleaser). Optional.
+	ReleasePages func() (int, error)
 	// Poll, Quiet, MinGap and MinDrop: see DefaultPoll and the others.
 	Poll, Quiet, MinGap time.Duration
 	MinDrop             int
@@ -120,6 +124,13 @@ func (r *HeapReleaser) Run(ctx context.Context) error {
 			loggedPeak = load
 			r.cfg.Free()
 			log.Debug("heap released", zap.Int("load", load), zap.Int("peak", peak))
+			if r.cfg.ReleasePages != nil {
+				if n, err := r.cfg.ReleasePages(); err != nil {
+					log.Debug("executable pages not released", zap.Error(err))
+				} else {
+					log.Debug("executable pages released", zap.Int("bytes", n))
+				}
+			}
 		}
 	}
 }

@@ -2,6 +2,8 @@ package memtrim
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,5 +123,60 @@ func TestHeapReleaserReleasesAfterChurn(t *testing.T) {
 func TestNewHeapReleaserNeedsLoad(t *testing.T) {
 	if _, err := NewHeapReleaser(HeapConfig{}); err == nil {
 		t.Fatal("no error without Load")
+	}
+}
+
+// TestHeapReleaserReleasesPagesAfterFree: with ReleasePages set, a
+// release frees the heap first and then the executable's pages; a page
+// release that fails does not stop the next one.
+func TestHeapReleaserReleasesPagesAfterFree(t *testing.T) {
+	clk := clocktest.New(t0)
+	var load atomic.Int64
+	events := make(chan string, 10)
+	fail := true
+	r, err := NewHeapReleaser(HeapConfig{
+		Load:  func() int { return int(load.Load()) },
+		Clock: clk,
+		Free:  func() { events <- "free" },
+		ReleasePages: func() (int, error) {
+			events <- "pages"
+			if fail {
+				fail = false
+				return 0, errors.New("madvise: invalid argument")
+			}
+			return 4096, nil
+		},
+		MinGap: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = r.Run(ctx) }()
+	tick := func() {
+		t.Helper()
+		if !clk.WaitForTimers(1, 10*time.Second) {
+			t.Fatal("Run is not waiting on the clock")
+		}
+		clk.Advance(DefaultPoll)
+		if !clk.WaitForTimers(1, 10*time.Second) {
+			t.Fatal("Run is not waiting on the clock")
+		}
+	}
+	for round := range 2 {
+		load.Store(5000)
+		tick()
+		load.Store(1)
+		for range DefaultQuiet/DefaultPoll + 2 {
+			tick()
+		}
+		var got []string
+		for len(events) > 0 {
+			got = append(got, <-events)
+		}
+		if !slices.Equal(got, []string{"free", "pages"}) {
+			t.Fatalf("release %d: %v, want free then pages", round+1, got)
+		}
 	}
 }
