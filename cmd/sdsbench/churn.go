@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -154,18 +153,30 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 		}
 		rss := func(u usage) int64 { return u.mem.anon + u.mem.file }
 		ratio := float64(rss(end)) / float64(rss(base))
-		ok := end.goroutines <= base.goroutines && end.fds <= base.fds && ratio <= targetChurnRSSFactor
+		// Goroutines are compared stack by stack: the count alone moves by
+		// one or two with the debug server's goroutines for the request
+		// that reads it.
+		endStacks, err := a.goroutineStacks(a.ctx)
+		if err != nil {
+			return err
+		}
+		left := grownStacks(baseStacks, endStacks)
+		ok := len(left) == 0 && end.fds <= base.fds && ratio <= targetChurnRSSFactor
 		fmt.Fprintf(b.out, "%s settled_after=%s %s rss_ratio=%.2f  [target goroutines and fds at baseline, rss <=%dx baseline: %s]\n",
 			tag, s.churnSettle, end, ratio, targetChurnRSSFactor, verdict(ok))
-		if end.goroutines > base.goroutines {
-			endStacks, err := a.goroutineStacks(a.ctx)
-			if err != nil {
-				return err
-			}
-			for _, g := range grownStacks(baseStacks, endStacks) {
-				fmt.Fprintf(b.out, "%s goroutines_over_baseline %s\n", tag, g)
-			}
+		for _, g := range left {
+			fmt.Fprintf(b.out, "%s goroutines_over_baseline %s\n", tag, g)
 		}
+		// Where the anonymous memory is, by the Go runtime's account.
+		rt, err := a.metrics(a.ctx, runtimeMemGauges...)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(b.out, "%s settled_runtime", tag)
+		for _, g := range runtimeMemGauges {
+			fmt.Fprintf(b.out, " %s_kb=%d", strings.TrimSuffix(strings.TrimPrefix(g, "go_memstats_"), "_bytes"), int64(rt[g])/1024)
+		}
+		fmt.Fprintln(b.out)
 		// For diagnosis, not the target: tell garbage the idle agent has
 		// not collected yet from memory it still holds, by forcing a GC
 		// through its pprof endpoint (heap?gc=1).
@@ -257,22 +268,12 @@ func openChurn(ctx context.Context, socket string, n int) ([]*grpc.ClientConn, [
 // forceGC makes the agent run a garbage collection: its pprof heap
 // profile with gc=1 collects first.
 func (a *agentProc) forceGC(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, stepLimit)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/debug/pprof/heap?gc=1", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	code, _, err := a.debugGet(ctx, "/debug/pprof/heap?gc=1")
 	if err != nil {
 		return fmt.Errorf("force gc: %w", err)
 	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return fmt.Errorf("force gc: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("force gc: %s", resp.Status)
+	if code != http.StatusOK {
+		return fmt.Errorf("force gc: status %d", code)
 	}
 	return nil
 }
@@ -300,24 +301,25 @@ func dialChurn(ctx context.Context, socket string) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
+// runtimeMemGauges are the Go runtime's memory figures the churn prints
+// after it settles: heap in use and free but not yet returned, stacks,
+// span and GC metadata, and the rest the runtime allocated off the heap.
+var runtimeMemGauges = []string{
+	"go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes",
+	"go_memstats_stack_inuse_bytes", "go_memstats_mspan_inuse_bytes", "go_memstats_gc_sys_bytes",
+	"go_memstats_other_sys_bytes",
+}
+
 // goroutineStacks reads the agent's goroutine profile (pprof's debug=1
 // text) and returns how many goroutines each stack holds, a stack named
 // by its functions, outermost last.
 func (a *agentProc) goroutineStacks(ctx context.Context) (map[string]int, error) {
-	ctx, cancel := context.WithTimeout(ctx, stepLimit)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/debug/pprof/goroutine?debug=1", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
+	code, body, err := a.debugGet(ctx, "/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return nil, fmt.Errorf("goroutine profile: %w", err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("goroutine profile: %w", err)
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("goroutine profile: status %d", code)
 	}
 	return parseGoroutineStacks(string(body)), nil
 }
@@ -347,10 +349,14 @@ func parseGoroutineStacks(text string) map[string]int {
 }
 
 // grownStacks returns, sorted, the stacks that hold more goroutines in
-// after than in before, each with how many more.
+// after than in before, each with how many more; the debug server's
+// goroutines for a connection (the profile's own request) are left out.
 func grownStacks(before, after map[string]int) []string {
 	var out []string
 	for s, n := range after {
+		if strings.Contains(s, "net/http.(*conn)") || strings.Contains(s, "net/http.(*connReader)") {
+			continue
+		}
 		if d := n - before[s]; d > 0 {
 			out = append(out, fmt.Sprintf("+%d %s", d, s))
 		}

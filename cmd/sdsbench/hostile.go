@@ -1,9 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"slices"
@@ -153,24 +153,43 @@ func (p *proc) inotifyWatches() (int, error) {
 	return n, nil
 }
 
-// metrics reads the named gauges from the agent's /metrics.
-func (a *agentProc) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+// debugGet reads path from the agent's debug endpoint, at most 4 MiB, and
+// returns the status code with the body. The connection is closed after
+// the answer: an idle keep-alive connection would hold a goroutine in the
+// agent, which the churn figure counts.
+func (a *agentProc) debugGet(ctx context.Context, path string) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, stepLimit)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.httpAddr+"/metrics", nil)
+	url := "http://" + a.httpAddr + path
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
+	req.Close = true
 	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("get %s: %w", url, err)
+	}
+	return resp.StatusCode, body, nil
+}
+
+// metrics reads the named gauges from the agent's /metrics.
+func (a *agentProc) metrics(ctx context.Context, names ...string) (map[string]float64, error) {
+	code, body, err := a.debugGet(ctx, "/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("read metrics: %w", err)
 	}
-	defer resp.Body.Close()
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("read metrics: status %d", code)
+	}
 	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		name, v, ok := strings.Cut(sc.Text(), " ")
+	for line := range strings.SplitSeq(string(body), "\n") {
+		name, v, ok := strings.Cut(line, " ")
 		if !ok || !slices.Contains(names, name) {
 			continue
 		}
@@ -180,7 +199,7 @@ func (a *agentProc) metrics(ctx context.Context, names ...string) (map[string]fl
 	}
 	for _, n := range names {
 		if _, ok := out[n]; !ok {
-			return nil, fmt.Errorf("metrics: no %s (%v)", n, sc.Err())
+			return nil, fmt.Errorf("metrics: no %s", n)
 		}
 	}
 	return out, nil

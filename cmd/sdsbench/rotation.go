@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -289,30 +288,18 @@ func (b *bencher) setPublished(a *agentProc, r *rotation, notBefore time.Time, r
 		r.published = r.first
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
-	defer cancel()
-	url := "http://" + a.httpAddr + "/debug/secrets"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	const url = "/debug/secrets"
+	code, body, err := a.debugGet(a.ctx, url)
 	if err != nil {
 		return err
 	}
-	req.Close = true // no idle connection outlives the agent
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("get %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("get %s: %w", url, err)
-	}
-	if resp.StatusCode == http.StatusNotFound {
+	if code == http.StatusNotFound {
 		res.fallback = "GET /debug/secrets answered 404"
 		r.published = r.first
 		return nil
 	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("get %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	if code != http.StatusOK {
+		return fmt.Errorf("get %s: status %d: %s", url, code, bytes.TrimSpace(body))
 	}
 	var dump struct {
 		DynamicActiveSecrets []struct {
