@@ -45,15 +45,18 @@ func (u usage) String() string {
 }
 
 func (a *agentProc) usage(ctx context.Context) (usage, error) {
-	m, err := a.metrics(ctx, "go_goroutines", "go_memstats_heap_inuse_bytes")
-	if err != nil {
-		return usage{}, err
-	}
+	// Files and memory first: the read of /metrics below is a connection
+	// of its own, whose socket the agent may not have closed yet when the
+	// answer arrives.
 	fds, err := a.openFDs()
 	if err != nil {
 		return usage{}, err
 	}
 	mem, err := a.status()
+	if err != nil {
+		return usage{}, err
+	}
+	m, err := a.metrics(ctx, "go_goroutines", "go_memstats_heap_inuse_bytes")
 	if err != nil {
 		return usage{}, err
 	}
