@@ -18,8 +18,11 @@ CFSSL_VERSION := v1.6.5
 
 all: lint test build
 
+# grpcnotrace: grpc-go without golang.org/x/net/trace, whose html/template
+# keeps the linker from dropping unused methods (a binary 3 MB smaller, a
+# faster start; the agent never turns gRPC tracing on).
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sdsagent
+	CGO_ENABLED=0 $(GO) build -tags grpcnotrace -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sdsagent
 
 run: build
 	CA_LISTEN=$(CA_LISTEN) HTTP_ADDR=$(HTTP_ADDR) ./hack/run-local.sh $(BIN)

@@ -853,7 +853,7 @@ func TestDockerfile(t *testing.T) {
 			order["copy sources"] = i
 		case in.cmd == "RUN" && strings.Contains(in.args, "go build"):
 			order["go build"] = i
-			for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-X main.version=", "./cmd/sdsagent"} {
+			for _, want := range []string{"CGO_ENABLED=0", "-tags grpcnotrace", "-trimpath", "-X main.version=", "./cmd/sdsagent"} {
 				if !strings.Contains(in.args, want) {
 					t.Errorf("go build step lacks %q: %s", want, in.args)
 				}
