@@ -185,6 +185,9 @@ func (b *bencher) rss(ctx context.Context) error {
 
 func (b *bencher) rssWith(ctx context.Context, release bool) error {
 	p := b.p
+	if err := dropPageCache(p.agent); err != nil {
+		return err
+	}
 	a, err := b.startAgent(ctx, defaultKeyType, workloadTTL, fmt.Sprintf("--release-startup-memory=%t", release))
 	if err != nil {
 		return err
@@ -213,7 +216,7 @@ func (b *bencher) rssWith(ctx context.Context, release bool) error {
 		if err != nil {
 			return err
 		}
-		line := fmt.Sprintf("rss_kb release_startup_memory=%t streams=1 conns=1 value=%d hwm=%d anon=%d file=%d settle=%s  [target <=%d kB: %s]",
+		line := fmt.Sprintf("rss_kb release_startup_memory=%t page_cache=cold streams=1 conns=1 value=%d hwm=%d anon=%d file=%d settle=%s  [target <=%d kB: %s]",
 			release, m.rss, m.hwm, m.anon, m.file, p.rssSettle, targetRSSOneKB, verdict(m.rss <= targetRSSOneKB))
 		if !release {
 			line += idleVerdict(m)
@@ -237,7 +240,7 @@ func (b *bencher) rssWith(ctx context.Context, release bool) error {
 		if err != nil {
 			return err
 		}
-		lines = append(lines, fmt.Sprintf("rss_kb release_startup_memory=%t streams=%d conns=%d value=%d hwm=%d anon=%d file=%d settle=%s  [target <=%d kB: %s]",
+		lines = append(lines, fmt.Sprintf("rss_kb release_startup_memory=%t page_cache=cold streams=%d conns=%d value=%d hwm=%d anon=%d file=%d settle=%s  [target <=%d kB: %s]",
 			release, p.rssStreams, p.rssConns, m.rss, m.hwm, m.anon, m.file, p.rssSettle, targetRSSManyKB, verdict(m.rss <= targetRSSManyKB)))
 		return nil
 	}()
