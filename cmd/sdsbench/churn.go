@@ -104,8 +104,17 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 	tag := "churn limits=" + label
 	err = func() error {
 		// As rss_kb does: after the agent released its startup pages (2 s
-		// after its first certificate).
+		// after its first certificate). Then one sample is taken and
+		// dropped: reading /metrics runs code (the HTTP server, the
+		// exposition) whose pages stay resident, and every later sample
+		// follows reads like it, so the baseline does too.
 		if err := sleep(a.ctx, 3*time.Second); err != nil {
+			return err
+		}
+		if _, err := a.usage(a.ctx); err != nil {
+			return err
+		}
+		if err := sleep(a.ctx, time.Second); err != nil {
 			return err
 		}
 		base, err := a.usage(a.ctx)
@@ -113,6 +122,9 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 			return err
 		}
 		fmt.Fprintf(b.out, "%s conns=%d rounds=%d baseline %s\n", tag, s.churnConns, s.churnRounds, base)
+		if err := b.printRuntimeMem(a, tag+" baseline_runtime"); err != nil {
+			return err
+		}
 		baseStacks, err := a.goroutineStacks(a.ctx)
 		if err != nil {
 			return err
@@ -170,16 +182,9 @@ func (b *bencher) churnOnce(ctx context.Context, label string, env []string) err
 		for _, g := range left {
 			fmt.Fprintf(b.out, "%s goroutines_over_baseline %s\n", tag, g)
 		}
-		// Where the anonymous memory is, by the Go runtime's account.
-		rt, err := a.metrics(a.ctx, runtimeMemGauges...)
-		if err != nil {
+		if err := b.printRuntimeMem(a, tag+" settled_runtime"); err != nil {
 			return err
 		}
-		fmt.Fprintf(b.out, "%s settled_runtime", tag)
-		for _, g := range runtimeMemGauges {
-			fmt.Fprintf(b.out, " %s_kb=%d", strings.TrimSuffix(strings.TrimPrefix(g, "go_memstats_"), "_bytes"), int64(rt[g])/1024)
-		}
-		fmt.Fprintln(b.out)
 		// For diagnosis, not the target: tell garbage the idle agent has
 		// not collected yet from memory it still holds, by forcing a GC
 		// through its pprof endpoint (heap?gc=1).
@@ -311,6 +316,21 @@ var runtimeMemGauges = []string{
 	"go_memstats_heap_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes",
 	"go_memstats_stack_inuse_bytes", "go_memstats_mspan_inuse_bytes", "go_memstats_gc_sys_bytes",
 	"go_memstats_other_sys_bytes",
+}
+
+// printRuntimeMem prints, after label, where the agent's anonymous
+// memory is by the Go runtime's account (runtimeMemGauges).
+func (b *bencher) printRuntimeMem(a *agentProc, label string) error {
+	rt, err := a.metrics(a.ctx, runtimeMemGauges...)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(b.out, label)
+	for _, g := range runtimeMemGauges {
+		fmt.Fprintf(b.out, " %s_kb=%d", strings.TrimSuffix(strings.TrimPrefix(g, "go_memstats_"), "_bytes"), int64(rt[g])/1024)
+	}
+	fmt.Fprintln(b.out)
+	return nil
 }
 
 // goroutineStacks reads the agent's goroutine profile (pprof's debug=1
