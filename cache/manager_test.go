@@ -180,24 +180,7 @@ func newHarnessAt(t *testing.T, now time.Time, mutate func(*Config), first ...an
 		t.Fatal(err)
 	}
 	h.ca.then(first...)
-	var cancelSub func()
-	h.updates, cancelSub = h.mgr.Subscribe()
-	<-h.updates // the initial notification
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- h.mgr.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-h.done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(waitLimit):
-			t.Errorf("Run did not return after cancel")
-		}
-		cancelSub()
-	})
+	h.run()
 	return h
 }
 
@@ -240,6 +223,29 @@ func (h *harness) waitParked() time.Time {
 	}
 	at, _ := h.clock.NextDeadline()
 	return at
+}
+
+// run subscribes to the manager's updates, takes the initial one and
+// runs the manager until the test ends, when Run must return nil.
+func (h *harness) run() {
+	var cancelSub func()
+	h.updates, cancelSub = h.mgr.Subscribe()
+	<-h.updates // the initial notification
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go func() { h.done <- h.mgr.Run(ctx) }()
+	h.t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-h.done:
+			if err != nil {
+				h.t.Errorf("Run returned %v, want nil", err)
+			}
+		case <-time.After(waitLimit):
+			h.t.Errorf("Run did not return after cancel")
+		}
+		cancelSub()
+	})
 }
 
 func (h *harness) current() *Secret {

@@ -131,24 +131,7 @@ func newGRPCHarness(t *testing.T, mutate func(*Config), first ...answer) (*harne
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cancelSub func()
-	h.updates, cancelSub = h.mgr.Subscribe()
-	<-h.updates
-	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel = cancel
-	go func() { h.done <- h.mgr.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-h.done:
-			if err != nil {
-				t.Errorf("Run returned %v, want nil", err)
-			}
-		case <-time.After(waitLimit):
-			t.Errorf("Run did not return after cancel")
-		}
-		cancelSub()
-	})
+	h.run()
 	return h, g
 }
 
