@@ -107,6 +107,19 @@ func TestSpireAcceptsTheConfigs(t *testing.T) {
 	}
 }
 
+// startSpireIn starts SPIRE's server and agent binaries as the peers
+// figure does, in a short temporary directory removed when t ends.
+func startSpireIn(ctx context.Context, t *testing.T, server, agent string) (*spirePeer, error) {
+	t.Helper()
+	tmp, err := os.MkdirTemp("", "sp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
+	b := &bencher{p: params{peerAgent: agent, peerServer: server}, tmp: tmp}
+	return b.startSpire(ctx)
+}
+
 // TestStartSpireServesTheSVID starts SPIRE as the peers figure does and
 // checks that spire-agent serves this process an SVID with the entry's
 // SPIFFE ID over SDS, when make peer-tools has built SPIRE.
@@ -115,15 +128,9 @@ func TestStartSpireServesTheSVID(t *testing.T) {
 		t.Skip("starts spire-server and spire-agent")
 	}
 	server, agent := spireBinaries(t)
-	tmp, err := os.MkdirTemp("", "sp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*spireStartLimit)
 	defer cancel()
-	b := &bencher{p: params{peerAgent: agent, peerServer: server}, tmp: tmp}
-	s, err := b.startSpire(ctx)
+	s, err := startSpireIn(ctx, t, server, agent)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,15 +212,9 @@ func TestPeersNeedBothBinaries(t *testing.T) {
 // limit: the server (any machine), and the agent (when SPIRE is built).
 func TestStartSpireReportsADeadPart(t *testing.T) {
 	start := func(t *testing.T, server, agent string) error {
-		tmp, err := os.MkdirTemp("", "sp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(tmp) })
 		ctx, cancel := context.WithTimeout(context.Background(), 2*spireStartLimit)
 		defer cancel()
-		b := &bencher{p: params{peerAgent: agent, peerServer: server}, tmp: tmp}
-		s, err := b.startSpire(ctx)
+		s, err := startSpireIn(ctx, t, server, agent)
 		if err == nil {
 			s.kill()
 		}
