@@ -208,18 +208,27 @@ func (h *harness) waitCall() {
 // attempt in flight holds a timer of its own).
 func (h *harness) waitParked() time.Time {
 	h.t.Helper()
-	deadline := time.Now().Add(waitLimit)
+	// A timer first: once the clock has moved, the loop has woken when
+	// it holds one again (an attempt's, or the next park's).
+	if !h.clock.WaitForTimers(1, waitLimit) {
+		h.t.Fatal("manager is not waiting on a timer")
+	}
+	deadline := time.NewTimer(waitLimit)
+	defer deadline.Stop()
 	for {
-		if !h.clock.WaitForTimers(1, waitLimit) {
-			h.t.Fatal("manager is not waiting on a timer")
-		}
-		if h.mgr.parked.Load() {
+		parked, changed := h.mgr.park.state()
+		if parked {
 			break
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-changed:
+		case <-deadline.C:
 			h.t.Fatal("the renewal loop does not park")
 		}
-		time.Sleep(time.Millisecond) // poll: the loop parks without an event to wait on
+	}
+	// The loop parks, then sets its timer.
+	if !h.clock.WaitForTimers(1, waitLimit) {
+		h.t.Fatal("manager is not waiting on a timer")
 	}
 	at, _ := h.clock.NextDeadline()
 	return at
