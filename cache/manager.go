@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -64,38 +65,8 @@ type Manager struct {
 	status Status
 	// expiredCert is the workload certificate whose expiry was reported.
 	expiredCert *Secret
-	// park tells whether the renewal loop waits for its next wake-up.
-	park parking
-}
-
-// parking tells whether the renewal loop waits for its next wake-up, and
-// wakes whoever waits for that to change: tests, before they move the
-// fake clock.
-type parking struct {
-	mu      sync.Mutex
-	parked  bool
-	changed chan struct{} // closed at the next change; nil until asked for
-}
-
-func (p *parking) set(parked bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.parked = parked
-	if p.changed != nil {
-		close(p.changed)
-		p.changed = nil
-	}
-}
-
-// state returns whether the loop is parked, and a channel closed at the
-// next change.
-func (p *parking) state() (bool, <-chan struct{}) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.changed == nil {
-		p.changed = make(chan struct{})
-	}
-	return p.parked, p.changed
+	// parked is true while the renewal loop waits for its next wake-up.
+	parked atomic.Bool
 }
 
 // New returns a Manager. It starts nothing; call Run.

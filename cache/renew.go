@@ -105,7 +105,7 @@ func (m *Manager) renew(ctx context.Context) {
 		if probing {
 			reachable, stopProbe = probe(ctx, prober)
 		}
-		m.park.set(true)
+		m.parked.Store(true)
 		t := m.cfg.Clock.NewTimer(wait)
 		expected := now // the least wall-clock time at wake-up
 		select {
@@ -137,7 +137,7 @@ func (m *Manager) renew(ctx context.Context) {
 			renewAt = laterOf(m.cfg.Clock.Now(), holdUntil)
 			m.setNextRenewal(renewAt)
 		}
-		m.park.set(false)
+		m.parked.Store(false)
 		stopProbe()
 		// The timer ran its course on the monotonic clock; a wall clock
 		// behind that was stepped back. Move the next attempt back as
