@@ -208,18 +208,10 @@ func (h *harness) waitCall() {
 // attempt in flight holds a timer of its own).
 func (h *harness) waitParked() time.Time {
 	h.t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		if !h.clock.WaitForTimers(1, waitLimit) {
-			h.t.Fatal("manager is not waiting on a timer")
-		}
-		if h.mgr.parked.Load() {
-			break
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatal("the renewal loop does not park")
-		}
-		time.Sleep(time.Millisecond) // poll: the loop parks without an event to wait on
+	// The loop marks itself parked, then sets the timer it sleeps on: a
+	// check at every timer change sees both.
+	if !h.clock.WaitUntil(func() bool { return h.clock.Timers() > 0 && h.mgr.parked.Load() }, waitLimit) {
+		h.t.Fatalf("the renewal loop does not park on a timer (%d timers)", h.clock.Timers())
 	}
 	at, _ := h.clock.NextDeadline()
 	return at

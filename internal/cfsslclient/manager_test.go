@@ -89,21 +89,16 @@ func (m *managed) call() error {
 // An attempt holds a timer of its own (cache.Config.AttemptTimeout), so a
 // timer alone does not mean parked: the attempt has ended once the manager
 // has scheduled the next one after it.
+//
+// The manager schedules the next CSR (its status) before it sets the
+// timer it sleeps on, so checking at every timer change sees both.
 func (m *managed) parked() time.Time {
 	m.t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
+	if !m.clock.WaitUntil(func() bool {
 		st := m.mgr.Status()
-		if st.NextRenewal.After(st.LastAttempt) {
-			break
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("manager did not finish its attempt: status %+v", st)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if !m.clock.WaitForTimers(1, waitLimit) {
-		m.t.Fatal("manager is not waiting on a timer")
+		return st.NextRenewal.After(st.LastAttempt) && m.clock.Timers() > 0
+	}, waitLimit) {
+		m.t.Fatalf("manager did not finish its attempt and wait on a timer: status %+v, %d timers", m.mgr.Status(), m.clock.Timers())
 	}
 	return m.mgr.Status().NextRenewal
 }

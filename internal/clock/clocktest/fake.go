@@ -130,18 +130,28 @@ func (f *Fake) WaitForNoTimers(deadline time.Duration) bool {
 // waitTimers blocks until ok holds for the number of pending timers,
 // waking each time the timers change, or the deadline passes.
 func (f *Fake) waitTimers(ok func(pending int) bool, deadline time.Duration) bool {
-	stop := time.After(deadline)
+	return f.WaitUntil(func() bool { return ok(f.Timers()) }, deadline)
+}
+
+// WaitUntil blocks until cond holds or the deadline passes, and reports
+// whether it held. cond is checked at once and again each time a timer is
+// set, stopped or fired, so it must only depend on state that the code
+// under test changes before it next touches the clock's timers (e.g. a
+// status it updates before it sleeps on a timer). cond must not call
+// methods of f that change timers.
+func (f *Fake) WaitUntil(cond func() bool, deadline time.Duration) bool {
+	stop := time.NewTimer(deadline)
+	defer stop.Stop()
 	for {
 		f.mu.Lock()
-		done := ok(len(f.timers))
 		changed := f.changed
 		f.mu.Unlock()
-		if done {
+		if cond() {
 			return true
 		}
 		select {
 		case <-changed:
-		case <-stop:
+		case <-stop.C:
 			return false
 		}
 	}
