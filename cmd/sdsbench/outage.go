@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/grpc"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
@@ -212,27 +213,11 @@ func follow(ctx context.Context, socket string) (*follower, error) {
 }
 
 func (f *follower) run(ctx context.Context, conn grpc.ClientConnInterface) error {
-	st, err := sdstest.OpenStream(ctx, conn)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	if err := st.Request(sdstest.CertName); err != nil {
-		return err
-	}
-	for {
-		resp, err := st.Recv(ctx)
-		at := time.Now()
-		if err != nil {
-			return err
-		}
-		if resp.Secret(sdstest.CertName) == nil {
-			return fmt.Errorf("response %s lacks %q: %v", resp.Version, sdstest.CertName, resp.Names())
-		}
+	return followDefault(ctx, conn, func(resp *sdstest.Response, sec *tlsv3.Secret, at time.Time) error {
 		if err := checkPair(resp); err != nil {
 			return err
 		}
-		chain := resp.Secret(sdstest.CertName).GetTlsCertificate().GetCertificateChain().GetInlineBytes()
+		chain := sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes()
 		leaf, err := leafOf(chain)
 		if err != nil {
 			return err
@@ -252,10 +237,8 @@ func (f *follower) run(ctx context.Context, conn grpc.ClientConnInterface) error
 			}
 			f.events <- r
 		}
-		if err := st.ACK(); err != nil {
-			return err
-		}
-	}
+		return nil
+	})
 }
 
 // next waits up to limit for a response whose chain is not old.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/grpc"
 
 	"github.com/sdsagent/sdsagent/sds/sdstest"
@@ -234,6 +235,26 @@ func (b *bencher) fanout(a *agentProc) (*fanoutResult, error) {
 // followStream opens a stream that asks for "default", then receives and
 // ACKs every response, reporting each one on events, until ctx ends.
 func followStream(ctx context.Context, conn grpc.ClientConnInterface, i int, events chan<- recvEvent) error {
+	return followDefault(ctx, conn, func(resp *sdstest.Response, sec *tlsv3.Secret, at time.Time) error {
+		tc := sec.GetTlsCertificate()
+		ev := recvEvent{stream: i, version: resp.Version, at: at,
+			chain: tc.GetCertificateChain().GetInlineBytes(), key: tc.GetPrivateKey().GetInlineBytes()}
+		select {
+		case events <- ev:
+			return nil
+		case <-ctx.Done():
+			return errStopFollowing
+		}
+	})
+}
+
+// errStopFollowing, returned by followDefault's each, ends it with nil.
+var errStopFollowing = errors.New("stop following")
+
+// followDefault opens a stream that asks for "default", then for every
+// response, which must carry it, calls each with the response, the secret
+// and when it arrived, and ACKs it, until the stream or each fails.
+func followDefault(ctx context.Context, conn grpc.ClientConnInterface, each func(resp *sdstest.Response, sec *tlsv3.Secret, at time.Time) error) error {
 	st, err := sdstest.OpenStream(ctx, conn)
 	if err != nil {
 		return err
@@ -252,13 +273,11 @@ func followStream(ctx context.Context, conn grpc.ClientConnInterface, i int, eve
 		if sec == nil {
 			return fmt.Errorf("response %s lacks %q: %v", resp.Version, sdstest.CertName, resp.Names())
 		}
-		tc := sec.GetTlsCertificate()
-		ev := recvEvent{stream: i, version: resp.Version, at: at,
-			chain: tc.GetCertificateChain().GetInlineBytes(), key: tc.GetPrivateKey().GetInlineBytes()}
-		select {
-		case events <- ev:
-		case <-ctx.Done():
-			return nil
+		if err := each(resp, sec, at); err != nil {
+			if errors.Is(err, errStopFollowing) {
+				return nil
+			}
+			return err
 		}
 		if err := st.ACK(); err != nil {
 			return err
